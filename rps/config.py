@@ -1,0 +1,360 @@
+"""One config object for a whole run: defaults, then YAML, then command-line overrides.
+
+Usage: ``cfg = load_config("configs/default.yaml", ["train.epochs=3"])``.
+
+The config is a tree of frozen dataclasses (``Config`` with sections ``data``, ``augment``,
+``model``, ``train``, ``export``). It is validated once, when built: unknown keys fail with a
+close-match suggestion, each value is parsed by its field's type (never with ``eval``), ranges and
+cross-field rules are checked. After that nothing changes it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where the images come from and how they become batches.
+
+    Attributes:
+        source: ``"folder"`` reads ``<root>/<split>/<label>/*``; ``"tfds"`` reads the TFDS
+            ``rock_paper_scissors`` data set through ``tfds.load``.
+        root: data root for ``source: folder`` (a path, relative to the working directory).
+        tfds_data_dir: TFDS data directory for ``source: tfds`` (``None``: TFDS's default).
+        image_size: side of the square model input, in pixels.
+        validation_fraction: share of ``train/`` carved out, per class, as the validation split.
+        global_batch_size: images per training step, summed over all replicas.
+        max_images_per_class: keep at most this many files per class and split (``0``: all);
+            for smoke runs and tests.
+        cache: keep decoded, resized images in memory after the first epoch.
+        skip_bad_images: ``False`` stops on any unreadable image with a list of them;
+            ``True`` skips them with a warning that lists them.
+        max_image_pixels: images with more pixels than this are refused before decoding
+            (a decompression-bomb guard).
+    """
+
+    source: str = "folder"
+    root: str = "data/rps"
+    tfds_data_dir: str | None = None
+    image_size: int = 150
+    validation_fraction: float = 0.15
+    global_batch_size: int = 64
+    max_images_per_class: int = 0
+    cache: bool = True
+    skip_bad_images: bool = False
+    max_image_pixels: int = 50_000_000
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """Random augmentation of the training split (Keras preprocessing layers).
+
+    Factors follow the Keras layers' conventions: ``rotation`` is a fraction of a full turn
+    (0.1 = +/-36 degrees), ``zoom`` and ``translation`` are fractions of the image side,
+    ``contrast`` and ``brightness`` are fractions of the value range. ``0`` switches one off.
+    """
+
+    enabled: bool = True
+    horizontal_flip: bool = True
+    vertical_flip: bool = False
+    rotation: float = 0.1
+    zoom: float = 0.2
+    translation: float = 0.1
+    contrast: float = 0.2
+    brightness: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Which architecture to build (see ``rps.models.PRESETS``) and its width.
+
+    Attributes:
+        name: preset name.
+        width: number of filters of the first block; later blocks scale from it.
+        dropout_rate: dropout before the classifier head.
+    """
+
+    name: str = "fast_cnn"
+    width: int = 32
+    dropout_rate: float = 0.2
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """The training loop.
+
+    Attributes:
+        epochs: full passes over the training split.
+        optimizer: ``adamw``, ``adam``, ``rmsprop`` or ``sgd``.
+        learning_rate: peak learning rate.
+        weight_decay: decoupled weight decay (AdamW), 0 to switch off.
+        schedule: ``cosine`` (linear warmup, then cosine decay to 0) or ``constant``.
+        warmup_epochs: length of the linear warmup, in epochs.
+        label_smoothing: label smoothing of the cross-entropy loss.
+        early_stopping_patience: epochs without validation improvement before stopping
+            (``0``: never stop early).
+        cpu_replicas: on a machine without GPUs, split the CPU into this many logical devices,
+            one replica each (for testing MirroredStrategy; ``1`` is fastest).
+        mixed_precision: Keras dtype policy: ``float32``, ``mixed_bfloat16`` or ``mixed_float16``.
+        jit_compile: compile the train step with XLA.
+        deterministic: turn on TensorFlow op determinism (slower; bit-identical reruns).
+        steps_per_execution: train steps run per call into the graph.
+    """
+
+    epochs: int = 25
+    optimizer: str = "adamw"
+    learning_rate: float = 3e-3
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"
+    warmup_epochs: int = 1
+    label_smoothing: float = 0.1
+    early_stopping_patience: int = 0
+    cpu_replicas: int = 1
+    mixed_precision: str = "float32"
+    jit_compile: bool = False
+    deterministic: bool = False
+    steps_per_execution: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+    """What ``export`` writes and how it checks it.
+
+    Attributes:
+        tflite: write ``model.tflite`` (float32, builtin ops only).
+        check_images: number of validation images on which each export must agree with Keras.
+    """
+
+    tflite: bool = True
+    check_images: int = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """The root config. ``seed`` drives every random choice; ``run_name`` names the run folder
+    ``<output_dir>/<run_name>``."""
+
+    seed: int = 42
+    run_name: str = "default"
+    output_dir: str = "saved_models"
+    data: DataConfig = DataConfig()
+    augment: AugmentConfig = AugmentConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    export: ExportConfig = ExportConfig()
+
+
+CHOICES = {
+    "data.source": ("folder", "tfds"),
+    "train.optimizer": ("adamw", "adam", "rmsprop", "sgd"),
+    "train.schedule": ("cosine", "constant"),
+    "train.mixed_precision": ("float32", "mixed_bfloat16", "mixed_float16"),
+}
+
+
+class ConfigError(ValueError):
+    """A config key or value is wrong; the message names the key path and how to fix it."""
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _parse_value(key: str, value: Any, type_: Any) -> Any:
+    """Convert ``value`` (from YAML or a ``key=value`` string) to the field's type."""
+    origin = typing.get_origin(type_)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(type_) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "~")):
+            return None
+        return _parse_value(key, value, args[0])
+    if isinstance(value, str) and type_ is not str:
+        value = yaml.safe_load(value)  # "3" -> 3, "true" -> True, "1e-3" -> 0.001
+    if type_ is bool and isinstance(value, bool):
+        return value
+    if type_ is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if type_ is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if type_ is float and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if type_ is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise ConfigError(
+        f"config key '{key}': expected {type_.__name__}, got {type(value).__name__} {value!r}. "
+        f"Fix the value in the YAML file or the '{key}=...' override."
+    )
+
+
+def _unknown_key(key: str, known: list[str]) -> ConfigError:
+    parent, _, name = key.rpartition(".")
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f" Did you mean '{(parent + '.' if parent else '') + close[0]}'?" if close else ""
+    return ConfigError(
+        f"unknown config key '{key}'.{hint} Valid keys here: {', '.join(sorted(known))}."
+    )
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a nested dict, checking keys and types."""
+    if not isinstance(values, dict):
+        raise ConfigError(
+            f"config key '{prefix.rstrip('.') or '<root>'}': expected a mapping, "
+            f"got {type(values).__name__} {values!r}."
+        )
+    types_ = _field_types(cls)
+    kwargs = {}
+    for name, value in values.items():
+        key = prefix + str(name)
+        if name not in types_:
+            raise _unknown_key(key, list(types_))
+        type_ = types_[name]
+        if dataclasses.is_dataclass(type_):
+            kwargs[name] = _build(type_, value, key + ".")
+        else:
+            kwargs[name] = _parse_value(key, value, type_)
+    return cls(**kwargs)
+
+
+def _set_nested(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    node = tree
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"config key '{dotted}': '{part}' is a value, not a section.")
+    node[leaf] = value
+
+
+def _check(cfg: Config) -> None:
+    """Range and cross-field checks; each failure names the key and what is expected."""
+    rules = [
+        ("seed", cfg.seed >= 0, "an integer >= 0"),
+        ("run_name", bool(cfg.run_name) and "/" not in cfg.run_name and cfg.run_name != "latest",
+         "a non-empty folder name without '/', other than 'latest'"),
+        ("data.image_size", 32 <= cfg.data.image_size <= 1024, "between 32 and 1024 pixels"),
+        ("data.validation_fraction", 0.0 < cfg.data.validation_fraction < 1.0,
+         "strictly between 0 and 1"),
+        ("data.global_batch_size", cfg.data.global_batch_size >= 1, "an integer >= 1"),
+        ("data.max_images_per_class", cfg.data.max_images_per_class >= 0, ">= 0 (0 means all)"),
+        ("data.max_image_pixels", cfg.data.max_image_pixels >= 1, "an integer >= 1"),
+        ("augment.rotation", 0.0 <= cfg.augment.rotation <= 0.5, "between 0 and 0.5 turns"),
+        ("augment.zoom", 0.0 <= cfg.augment.zoom < 1.0, "in [0, 1)"),
+        ("augment.translation", 0.0 <= cfg.augment.translation < 1.0, "in [0, 1)"),
+        ("augment.contrast", 0.0 <= cfg.augment.contrast < 1.0, "in [0, 1)"),
+        ("augment.brightness", 0.0 <= cfg.augment.brightness < 1.0, "in [0, 1)"),
+        ("model.width", cfg.model.width >= 1, "an integer >= 1"),
+        ("model.dropout_rate", 0.0 <= cfg.model.dropout_rate < 1.0, "in [0, 1)"),
+        ("train.epochs", cfg.train.epochs >= 1, "an integer >= 1"),
+        ("train.learning_rate", cfg.train.learning_rate > 0.0, "> 0"),
+        ("train.weight_decay", cfg.train.weight_decay >= 0.0, ">= 0"),
+        ("train.warmup_epochs", 0 <= cfg.train.warmup_epochs < cfg.train.epochs,
+         "in [0, train.epochs)"),
+        ("train.label_smoothing", 0.0 <= cfg.train.label_smoothing < 1.0, "in [0, 1)"),
+        ("train.early_stopping_patience", cfg.train.early_stopping_patience >= 0, ">= 0"),
+        ("train.cpu_replicas", cfg.train.cpu_replicas >= 1, "an integer >= 1"),
+        ("train.steps_per_execution", cfg.train.steps_per_execution >= 1, "an integer >= 1"),
+        ("export.check_images", cfg.export.check_images >= 0, ">= 0"),
+    ]
+    for key, ok, expected in rules:
+        if not ok:
+            raise ConfigError(
+                f"config key '{key}' = {get(cfg, key)!r} is out of range: expected {expected}."
+            )
+    for key, choices in CHOICES.items():
+        value = get(cfg, key)
+        if value not in choices:
+            close = difflib.get_close_matches(str(value), choices, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(
+                f"config key '{key}' = {value!r} is not valid.{hint} "
+                f"Choose one of: {', '.join(choices)}."
+            )
+    if cfg.data.global_batch_size % cfg.train.cpu_replicas:
+        raise ConfigError(
+            f"config key 'data.global_batch_size' = {cfg.data.global_batch_size} does not divide "
+            f"across train.cpu_replicas = {cfg.train.cpu_replicas} replicas: choose a multiple "
+            f"of {cfg.train.cpu_replicas}."
+        )
+
+
+def get(cfg: Config, dotted: str) -> Any:
+    """Return the value at a dotted key path such as ``"train.epochs"``."""
+    node: Any = cfg
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def build_config(values: dict[str, Any] | None = None, overrides: list[str] = ()) -> Config:
+    """Build and validate a ``Config`` from a nested dict plus ``key=value`` overrides.
+
+    Args:
+        values: nested mapping as read from YAML (``None``: all defaults).
+        overrides: strings such as ``"train.epochs=3"``; values are parsed as YAML scalars
+            and then checked against the field's type.
+
+    Returns:
+        The frozen, validated ``Config``.
+
+    Raises:
+        ConfigError: unknown key (with a close match), wrong type or out-of-range value.
+    """
+    tree: dict[str, Any] = {k: (dict(v) if isinstance(v, dict) else v)
+                            for k, v in (values or {}).items()}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. train.epochs=3).")
+        _set_nested(tree, key.strip(), raw.strip())
+    cfg = _build(Config, tree)
+    _check(cfg)
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """Read a YAML config file (optional), apply overrides, validate.
+
+    Raises:
+        FileNotFoundError: the YAML file does not exist.
+        ConfigError: the file is not a YAML mapping, or a key or value is wrong.
+    """
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}. See configs/ for examples.")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
+        if not isinstance(values, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of sections, got {values!r}.")
+    try:
+        return build_config(values, overrides)
+    except ConfigError as err:
+        if path is not None:
+            raise ConfigError(f"{path}: {err}") from None
+        raise
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """The config as a nested dict of plain values (for YAML and JSON)."""
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(values: dict[str, Any]) -> Config:
+    """Rebuild a ``Config`` from ``to_dict`` output (e.g. a run folder's ``config.yaml``)."""
+    return build_config(values)

@@ -1,0 +1,103 @@
+"""Model presets. Each takes raw RGB pixels (``float32 [B, S, S, 3]``, 0-255) and returns logits.
+
+Usage: ``model = build_model(cfg.model, num_classes=3, image_size=150)``.
+
+Rescaling lives inside the model, so exported models take camera pixels as they are. Training
+uses logits (``from_logits=True``); ``add_softmax`` makes the inference model that outputs
+probabilities, as the SavedModel and TFLite exports do.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import keras
+from keras import layers
+
+from rps.config import ModelConfig
+
+
+def build_seed_cnn(model_cfg: ModelConfig, num_classes: int, image_size: int) -> keras.Model:
+    """The seed talk's architecture (Laurence Moroney, "Rock, Paper, Scissors" course notebook):
+    Conv2D 64, 64, 128, 128 (3x3, ReLU), each followed by 2x2 max-pooling, Flatten, Dropout 0.5,
+    Dense 512 ReLU, Dense ``num_classes``. 3.47M parameters at 150x150. ``model.width`` and
+    ``model.dropout_rate`` are ignored; the original values are fixed.
+    https://github.com/https-deeplearning-ai/tensorflow-1-public (C2_W4_Lab_1_multi_class_classifier)
+    """
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    x = layers.Rescaling(1.0 / 255, name="rescale")(inputs)
+    for i, filters in enumerate((64, 64, 128, 128)):
+        x = layers.Conv2D(filters, 3, activation="relu", name=f"conv{i + 1}")(x)
+        x = layers.MaxPooling2D(2, name=f"pool{i + 1}")(x)
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dropout(0.5, name="dropout")(x)
+    x = layers.Dense(512, activation="relu", name="dense")(x)
+    logits = layers.Dense(num_classes, name="logits")(x)
+    return keras.Model(inputs, logits, name="seed_cnn")
+
+
+def _conv_bn(x, filters: int, name: str, strides: int = 1, separable: bool = False):
+    conv = layers.SeparableConv2D if separable else layers.Conv2D
+    x = conv(filters, 3, strides=strides, padding="same", use_bias=False, name=f"{name}_conv")(x)
+    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    return layers.ReLU(name=f"{name}_relu")(x)
+
+
+def build_fast_cnn(model_cfg: ModelConfig, num_classes: int, image_size: int) -> keras.Model:
+    """The fast default: a strided stem, four conv-BN-ReLU stages with max-pooling, global
+    average pooling, dropout and a dense head.
+
+    Batch normalization (Ioffe & Szegedy 2015, https://arxiv.org/abs/1502.03167) lets it train
+    with high learning rates in few epochs; global average pooling (Lin et al. 2013,
+    https://arxiv.org/abs/1312.4400) replaces the seed model's 3.2M-parameter Flatten+Dense head;
+    depthwise-separable convolutions (Chollet 2017, https://arxiv.org/abs/1610.02357) in the
+    wider stages keep it under ~200k parameters at ``width=32``.
+    """
+    width = model_cfg.width
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="rescale")(inputs)
+    x = _conv_bn(x, width, "stem", strides=2)
+    for stage, (mult, separable) in enumerate(((1, False), (2, True), (4, True), (8, True))):
+        x = _conv_bn(x, width * mult, f"stage{stage + 1}a", separable=separable)
+        x = _conv_bn(x, width * mult, f"stage{stage + 1}b", separable=True)
+        x = layers.MaxPooling2D(2, name=f"stage{stage + 1}_pool")(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    x = layers.Dropout(model_cfg.dropout_rate, name="dropout")(x)
+    logits = layers.Dense(num_classes, name="logits")(x)
+    return keras.Model(inputs, logits, name="fast_cnn")
+
+
+# Presets by name. A plain dict: `build_model` lists the valid names on a typo.
+PRESETS: dict[str, Callable[[ModelConfig, int, int], keras.Model]] = {
+    "seed_cnn": build_seed_cnn,
+    "fast_cnn": build_fast_cnn,
+}
+
+
+def build_model(model_cfg: ModelConfig, num_classes: int, image_size: int) -> keras.Model:
+    """Build the preset named ``model_cfg.name``.
+
+    Args:
+        model_cfg: preset name, width, dropout rate.
+        num_classes: number of output classes.
+        image_size: input side in pixels.
+
+    Returns:
+        A functional ``keras.Model`` mapping ``float32 [B, image_size, image_size, 3]`` pixels
+        (0-255) to ``[B, num_classes]`` logits.
+
+    Raises:
+        ValueError: unknown preset name (the message lists the valid ones).
+    """
+    if model_cfg.name not in PRESETS:
+        raise ValueError(f"unknown model preset '{model_cfg.name}' (config key model.name); "
+                         f"valid presets: {', '.join(sorted(PRESETS))}.")
+    return PRESETS[model_cfg.name](model_cfg, num_classes, image_size)
+
+
+def add_softmax(model: keras.Model) -> keras.Model:
+    """Wrap a logits model into the inference model: same input, output ``float32
+    [B, num_classes]`` probabilities (softmax over the logits, computed in float32 even under a
+    mixed-precision policy)."""
+    probabilities = layers.Softmax(name="probabilities", dtype="float32")(model.output)
+    return keras.Model(model.input, probabilities, name=f"{model.name}_inference")
