@@ -1,0 +1,39 @@
+"""Augmentation: shapes and range kept, seeded, off when disabled, never in the model."""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from rps.augment import make_augment_layers, make_augmenter
+from rps.config import build_config
+
+
+def _batch():
+    return tf.constant(np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)), tf.float32)
+
+
+def test_augmenter_changes_pixels_but_not_shape_or_range():
+    augment = make_augmenter(build_config().augment, seed=1)
+    x = _batch()
+    y = augment(x)
+    assert y.shape == x.shape and y.dtype == tf.float32
+    assert float(tf.reduce_min(y)) >= 0 and float(tf.reduce_max(y)) <= 255
+    assert not np.allclose(x.numpy(), y.numpy())
+
+
+def test_all_requested_layers_are_built():
+    cfg = build_config(overrides=["augment.brightness=0.2", "augment.vertical_flip=true"]).augment
+    names = [l.name for l in make_augment_layers(cfg, seed=0)]
+    assert names == ["random_flip", "random_rotation", "random_zoom", "random_translation",
+                     "random_contrast", "random_brightness"]
+
+
+def test_disabled_gives_none():
+    assert make_augmenter(build_config(overrides=["augment.enabled=false"]).augment, 0) is None
+
+
+def test_works_inside_tf_data_map():
+    augment = make_augmenter(build_config().augment, seed=3)
+    ds = tf.data.Dataset.from_tensors(_batch()).map(augment)
+    assert next(iter(ds)).shape == (4, 32, 32, 3)
