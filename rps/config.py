@@ -124,17 +124,56 @@ class TrainConfig:
     steps_per_execution: int = 1
 
 
+# TFLite variants, in this order (see rps.tflite): float32 weights, float16 weights, dynamic-range
+# (int8 weights, float activations), full integer (uint8 pixels in, float32 probabilities out).
+QUANTIZE_VARIANTS = ("float32", "float16", "dynamic", "int8")
+
+
+def parse_quantize(text: str) -> tuple[str, ...]:
+    """Read ``export.quantize``: comma-separated variant names, ``none`` (float32 only) or
+    ``all``. ``float32`` (``model.tflite``) is always included, first.
+
+    Returns:
+        Variant names in ``QUANTIZE_VARIANTS`` order, e.g. ``("float32", "int8")``.
+
+    Raises:
+        ConfigError: an unknown name (the message lists the valid ones).
+    """
+    names = {n.strip() for n in str(text).split(",") if n.strip()}
+    if "all" in names:
+        names |= set(QUANTIZE_VARIANTS)
+    unknown = sorted(names - set(QUANTIZE_VARIANTS) - {"none", "all"})
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], QUANTIZE_VARIANTS + ("none", "all"), n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(
+            f"config key 'export.quantize' = {text!r}: unknown variant {unknown[0]!r}.{hint} "
+            f"Use 'none', 'all' or a comma-separated list of: {', '.join(QUANTIZE_VARIANTS)}."
+        )
+    return tuple(v for v in QUANTIZE_VARIANTS if v in names or v == "float32")
+
+
 @dataclasses.dataclass(frozen=True)
 class ExportConfig:
     """What ``export`` writes and how it checks it.
 
     Attributes:
-        tflite: write ``model.tflite`` (float32, builtin ops only).
+        tflite: write the TFLite files (builtin ops only, with TFLite Metadata and labels).
+        quantize: TFLite variants besides ``model.tflite`` (float32): a comma-separated list of
+            ``float16``, ``dynamic``, ``int8``, or ``none`` / ``all``
+            (files ``model_<variant>.tflite``; see ``parse_quantize``).
+        calibration_images: training images (a seeded random sample) that calibrate the
+            ``int8`` variant's value ranges.
         check_images: number of validation images on which each export must agree with Keras.
+        license: license string written into the TFLite metadata.
     """
 
     tflite: bool = True
+    quantize: str = "float32,int8"
+    calibration_images: int = 200
     check_images: int = 16
+    license: str = ("Apache-2.0. Rock Paper Scissors training data: Laurence Moroney, CC BY 2.0, "
+                    "http://laurencemoroney.com/rock-paper-scissors-dataset")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -267,6 +306,7 @@ def _check(cfg: Config) -> None:
         ("train.cpu_replicas", cfg.train.cpu_replicas >= 1, "an integer >= 1"),
         ("train.steps_per_execution", cfg.train.steps_per_execution >= 1, "an integer >= 1"),
         ("export.check_images", cfg.export.check_images >= 0, ">= 0"),
+        ("export.calibration_images", cfg.export.calibration_images >= 1, "an integer >= 1"),
     ]
     for key, ok, expected in rules:
         if not ok:
@@ -282,6 +322,7 @@ def _check(cfg: Config) -> None:
                 f"config key '{key}' = {value!r} is not valid.{hint} "
                 f"Choose one of: {', '.join(choices)}."
             )
+    parse_quantize(cfg.export.quantize)  # raises ConfigError naming the bad variant
     if cfg.data.global_batch_size % cfg.train.cpu_replicas:
         raise ConfigError(
             f"config key 'data.global_batch_size' = {cfg.data.global_batch_size} does not divide "

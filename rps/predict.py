@@ -4,7 +4,9 @@ Usage: ``predict_files("saved_models/latest/model.tflite", ["hand.jpg"])``.
 
 An artifact carries what is needed to use it: the input size is read from the model, the labels
 from ``labels.txt`` beside it. Images go through ``rps.preprocess`` exactly as in training.
-TFLite files run with LiteRT (``ai_edge_litert``), https://ai.google.dev/edge/litert/inference.
+TFLite files run with LiteRT (``ai_edge_litert``), https://ai.google.dev/edge/litert/inference,
+or, with ``runtime="mediapipe"``, with MediaPipe Tasks ``ImageClassifier``, the runtime of the
+Android and iOS apps (labels then come from the model's own metadata).
 """
 
 from __future__ import annotations
@@ -96,17 +98,77 @@ class TFLitePredictor:
         return np.stack(out)
 
 
-def load_predictor(path: str | Path):
-    """Open an exported model by its kind: a folder is a SavedModel, ``.tflite`` runs in LiteRT,
-    ``.keras`` in Keras.
+class MediaPipePredictor:
+    """A ``.tflite`` file with TFLite Metadata run by MediaPipe Tasks ``ImageClassifier`` with
+    default options, as the apps run it.
+    https://ai.google.dev/edge/mediapipe/solutions/vision/image_classifier/python
+
+    Images should already be at the model size (``rps.preprocess``), so that MediaPipe's own
+    resize is the identity and every runtime sees the same pixels.
+
+    Attributes:
+        image_size: side of the model input, in pixels.
+        labels: label names read by MediaPipe from the model's metadata, in index order
+            (set by ``predict``; ``()`` before).
+    """
+
+    def __init__(self, path: Path):
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.path = Path(path)
+        self.image_size = int(Interpreter(model_path=str(path)).get_input_details()[0]["shape"][1])
+        self.labels: tuple[str, ...] = ()
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """``[N, S, S, 3]`` RGB pixels 0-255 (cast to uint8) -> ``float32 [N, C]`` probabilities
+        by label index.
+
+        Raises:
+            ValueError: MediaPipe refuses the model (e.g. it has no metadata).
+        """
+        import mediapipe as mp
+        from mediapipe.tasks.python import vision
+
+        try:
+            classifier = vision.ImageClassifier.create_from_model_path(str(self.path))
+        except (OSError, ValueError, RuntimeError) as err:  # a missing metadata field: NotFound
+            raise ValueError(f"MediaPipe ImageClassifier cannot load {self.path}: {err}") from err
+        try:
+            probs, names = [], {}
+            for image in np.asarray(np.clip(np.round(images), 0, 255), np.uint8):
+                result = classifier.classify(mp.Image(image_format=mp.ImageFormat.SRGB,
+                                                      data=np.ascontiguousarray(image)))
+                row = np.zeros(len(result.classifications[0].categories), np.float32)
+                for c in result.classifications[0].categories:
+                    row[c.index], names[c.index] = c.score, c.category_name
+                probs.append(row)
+        finally:
+            classifier.close()  # explicitly: left to garbage collection it fails at exit
+        self.labels = tuple(names[i] for i in sorted(names))
+        return np.stack(probs)
+
+
+RUNTIMES = ("litert", "mediapipe")
+
+
+def load_predictor(path: str | Path, runtime: str = "litert"):
+    """Open an exported model by its kind: a folder is a SavedModel, ``.tflite`` runs in LiteRT
+    (or MediaPipe Tasks with ``runtime="mediapipe"``), ``.keras`` in Keras.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: ``path`` is not one of those kinds.
+        ValueError: ``path`` is not one of those kinds, or ``runtime="mediapipe"`` for a model
+            that is not a ``.tflite`` file, or an unknown runtime.
     """
     path = Path(path)
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r}; choose one of: {', '.join(RUNTIMES)}.")
     if not path.exists():
         raise FileNotFoundError(f"model not found: {path}")
+    if runtime == "mediapipe":
+        if path.suffix != ".tflite":
+            raise ValueError(f"{path}: the mediapipe runtime runs .tflite files only.")
+        return MediaPipePredictor(path)
     if path.is_dir():
         if not (path / "saved_model.pb").is_file():
             raise ValueError(f"{path} is a folder but not a SavedModel (no saved_model.pb).")
