@@ -18,8 +18,71 @@ from keras import layers
 from rps.config import AugmentConfig
 
 
+class RandomBackground(layers.Layer):
+    """Replace the plain white background of studio renders with a random texture.
+
+    The Rock-Paper-Scissors images are computer renders on pure white; phone photos are not. For
+    a share ``probability`` of the images in a batch, pixels whose three channels are all above
+    ``threshold`` become a random background: a random base colour plus a smooth random field
+    (bilinearly upscaled 4x4 noise) plus fine pixel noise. In the spirit of the "cut, paste and
+    learn" compositing of Dwibedi et al. 2017 (https://arxiv.org/abs/1708.01642).
+
+    Input and output: ``float32 [B, H, W, 3]`` pixels 0-255. Uses TensorFlow ops (it runs inside
+    the ``tf.data`` pipeline, whatever the Keras backend).
+    """
+
+    def __init__(self, probability: float = 0.5, threshold: float = 235.0, seed: int | None = None,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.probability, self.threshold, self.seed = probability, threshold, seed
+
+    def call(self, images, training=True):
+        import tensorflow as tf
+
+        if not training:
+            return images
+        shape = tf.shape(images)
+        batch, height, width = shape[0], shape[1], shape[2]
+        uniform = lambda s, lo, hi, k: tf.random.uniform(s, lo, hi, seed=None if self.seed is None else self.seed + k)  # noqa: E731
+        base = uniform([batch, 1, 1, 3], 0.0, 255.0, 0)
+        field = tf.image.resize(uniform([batch, 4, 4, 3], -80.0, 80.0, 1), [height, width])
+        grain = uniform(shape, -12.0, 12.0, 2)
+        background = tf.clip_by_value(base + field + grain, 0.0, 255.0)
+        is_background = tf.reduce_all(images > self.threshold, axis=-1, keepdims=True)
+        apply = uniform([batch, 1, 1, 1], 0.0, 1.0, 3) < self.probability
+        return tf.where(is_background & apply, background, images)
+
+    def get_config(self):
+        return {**super().get_config(), "probability": self.probability,
+                "threshold": self.threshold, "seed": self.seed}
+
+
+class RandomPixelNoise(layers.Layer):
+    """Add Gaussian noise with a random standard deviation in ``[0, stddev]`` pixels per image
+    (sensor noise). ``float32 [B, H, W, 3]`` 0-255 in and out. (Keras's ``GaussianNoise`` caps
+    ``stddev`` at 1, i.e. works on 0-1 images, and uses one fixed level.)"""
+
+    def __init__(self, stddev: float, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.stddev, self.seed = stddev, seed
+
+    def call(self, images, training=True):
+        import tensorflow as tf
+
+        if not training:
+            return images
+        level = tf.random.uniform([tf.shape(images)[0], 1, 1, 1], 0.0, self.stddev, seed=self.seed)
+        return images + level * tf.random.normal(tf.shape(images), seed=None if self.seed is None else self.seed + 1)
+
+    def get_config(self):
+        return {**super().get_config(), "stddev": self.stddev, "seed": self.seed}
+
+
 def make_augment_layers(aug_cfg: AugmentConfig, seed: int) -> list[layers.Layer]:
     """Build the configured augmentation layers, each seeded from ``seed``.
+
+    Order: background first (it finds the white background before other changes move or tint
+    it), then geometry, then colour, blur and noise.
 
     Args:
         aug_cfg: which augmentations and how strong (see ``AugmentConfig``).
@@ -30,37 +93,45 @@ def make_augment_layers(aug_cfg: AugmentConfig, seed: int) -> list[layers.Layer]
     """
     if not aug_cfg.enabled:
         return []
-    seeds = iter(range(seed, seed + 16))  # one distinct seed per layer
+    seeds = iter(range(seed, seed + 32))  # one distinct seed per layer
     flip = {(True, True): "horizontal_and_vertical", (True, False): "horizontal",
             (False, True): "vertical"}.get((aug_cfg.horizontal_flip, aug_cfg.vertical_flip))
-    out: list[layers.Layer] = []
-    if flip:
-        out.append(layers.RandomFlip(flip, seed=next(seeds), name="random_flip"))
-    if aug_cfg.rotation:
-        out.append(layers.RandomRotation(aug_cfg.rotation, fill_mode="reflect", seed=next(seeds),
-                                         name="random_rotation"))
-    if aug_cfg.zoom:
-        out.append(layers.RandomZoom(aug_cfg.zoom, fill_mode="reflect", seed=next(seeds),
-                                     name="random_zoom"))
-    if aug_cfg.translation:
-        out.append(layers.RandomTranslation(aug_cfg.translation, aug_cfg.translation,
-                                            fill_mode="reflect", seed=next(seeds),
-                                            name="random_translation"))
-    if aug_cfg.contrast:
-        out.append(layers.RandomContrast(aug_cfg.contrast, value_range=(0, 255), seed=next(seeds),
-                                         name="random_contrast"))
-    if aug_cfg.brightness:
-        out.append(layers.RandomBrightness(aug_cfg.brightness, value_range=(0, 255),
-                                           seed=next(seeds), name="random_brightness"))
-    return out
+    value_range = (0, 255)
+    candidates = [
+        (aug_cfg.background, lambda s: RandomBackground(aug_cfg.background, seed=s,
+                                                        name="random_background")),
+        (flip, lambda s: layers.RandomFlip(flip, seed=s, name="random_flip")),
+        (aug_cfg.rotation, lambda s: layers.RandomRotation(
+            aug_cfg.rotation, fill_mode="reflect", seed=s, name="random_rotation")),
+        (aug_cfg.zoom, lambda s: layers.RandomZoom(
+            aug_cfg.zoom, aug_cfg.zoom + aug_cfg.aspect if aug_cfg.aspect else None,
+            fill_mode="reflect", seed=s, name="random_zoom")),
+        (aug_cfg.translation, lambda s: layers.RandomTranslation(
+            aug_cfg.translation, aug_cfg.translation, fill_mode="reflect", seed=s,
+            name="random_translation")),
+        (aug_cfg.contrast, lambda s: layers.RandomContrast(
+            aug_cfg.contrast, value_range=value_range, seed=s, name="random_contrast")),
+        (aug_cfg.brightness, lambda s: layers.RandomBrightness(
+            aug_cfg.brightness, value_range=value_range, seed=s, name="random_brightness")),
+        (aug_cfg.saturation, lambda s: layers.RandomSaturation(
+            aug_cfg.saturation, value_range=value_range, seed=s, name="random_saturation")),
+        (aug_cfg.hue, lambda s: layers.RandomHue(
+            aug_cfg.hue, value_range=value_range, seed=s, name="random_hue")),
+        (aug_cfg.blur, lambda s: layers.RandomGaussianBlur(
+            aug_cfg.blur, sigma=(0.1, 2.0), value_range=value_range, seed=s, name="random_blur")),
+        (aug_cfg.noise, lambda s: RandomPixelNoise(aug_cfg.noise, seed=s, name="random_noise")),
+    ]
+    return [make(next(seeds)) for wanted, make in candidates if wanted]
 
 
 def make_augmenter(aug_cfg: AugmentConfig, seed: int) -> Callable | None:
     """A function applying the augmentation layers to a batch, or ``None`` when there are none.
 
     The returned function maps ``float32 [B, H, W, 3]`` pixels in 0-255 to the same shape, dtype
-    and range (values are clipped back to 0-255 after contrast and brightness changes).
+    and range (values are clipped back to 0-255 at the end).
     """
+    import tensorflow as tf
+
     aug_layers = make_augment_layers(aug_cfg, seed)
     if not aug_layers:
         return None
@@ -68,6 +139,6 @@ def make_augmenter(aug_cfg: AugmentConfig, seed: int) -> Callable | None:
     def augment(images):
         for layer in aug_layers:
             images = layer(images, training=True)
-        return images
+        return tf.clip_by_value(images, 0.0, 255.0)
 
     return augment

@@ -82,6 +82,25 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from rps.bench import run_bench
+    from rps.runs import write_atomic
+
+    cfg = _config(args)
+    out_dir = Path(args.out or Path(cfg.output_dir) / f"bench-{cfg.run_name}")
+    seeds = [cfg.seed + i for i in range(args.seeds)]
+    result = run_bench(cfg, out_dir, seeds, args.reference_epochs,
+                       config_path=args.config or DEFAULT_CONFIG, overrides=args.overrides)
+    table = (out_dir / "bench.md").read_text()
+    if args.docs:
+        write_atomic(args.docs, "# Benchmarks\n\nWritten by `make bench` (`rps bench`); "
+                     "see bench.json in the bench folder for every number.\n\n" + table)
+    print(table)
+    print(f"results: {out_dir / 'bench.json'}, {out_dir / 'bench.md'}"
+          + (f", {args.docs}" if args.docs else ""))
+    return 0 if result["ours"] else 1
+
+
 def cmd_download(args) -> int:
     from rps.download import main as download_main
 
@@ -115,6 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", help="image files or folders")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=cmd_predict)
+    p = with_config(verbs.add_parser("bench", help="time training against the seed recipe"))
+    p.add_argument("--seeds", type=int, default=3, help="number of seeds to train (default 3)")
+    p.add_argument("--reference-epochs", type=int, default=25,
+                   help="epochs of the seed recipe reference (default 25 as published; 0 skips)")
+    p.add_argument("--out", help="results folder (default <output_dir>/bench-<run_name>)")
+    p.add_argument("--docs", help="also write the markdown table to this file")
+    p.set_defaults(func=cmd_bench)
     p = verbs.add_parser("download", help="download the official data set")
     p.add_argument("--to", default="data/rps", help="destination folder (default: data/rps)")
     p.add_argument("--source", choices=("zips", "tfds"), default="zips")

@@ -31,6 +31,12 @@ class DataConfig:
         tfds_data_dir: TFDS data directory for ``source: tfds`` (``None``: TFDS's default).
         image_size: side of the square model input, in pixels.
         validation_fraction: share of ``train/`` carved out, per class, as the validation split.
+        split_by: ``"file"`` draws single files; ``"group"`` draws whole groups of files (the
+            part of the file name that ``group_pattern`` captures, e.g. one rendered hand model
+            ``rock01`` of ``rock01-000.jpg``), so that validation images show hands that
+            training never saw, as the test set does.
+        group_pattern: regular expression on the file name without suffix; its first group is
+            the group key (names that do not match form a group each).
         global_batch_size: images per training step, summed over all replicas.
         max_images_per_class: keep at most this many files per class and split (``0``: all);
             for smoke runs and tests.
@@ -46,6 +52,8 @@ class DataConfig:
     tfds_data_dir: str | None = None
     image_size: int = 150
     validation_fraction: float = 0.15
+    split_by: str = "file"
+    group_pattern: str = r"^(.*)-\d+$"
     global_batch_size: int = 64
     max_images_per_class: int = 0
     cache: bool = True
@@ -59,7 +67,11 @@ class AugmentConfig:
 
     Factors follow the Keras layers' conventions: ``rotation`` is a fraction of a full turn
     (0.1 = +/-36 degrees), ``zoom`` and ``translation`` are fractions of the image side,
-    ``contrast`` and ``brightness`` are fractions of the value range. ``0`` switches one off.
+    ``aspect`` is the extra zoom range of the width alone (aspect-ratio changes), ``contrast``,
+    ``brightness``, ``saturation`` and ``hue`` are the layers' factors, ``blur`` is the blur
+    factor of ``RandomGaussianBlur``, ``noise`` the standard deviation of Gaussian pixel noise
+    (pixels, 0-255 scale), ``background`` the share of images whose white background is
+    replaced by a random texture (``rps.augment.RandomBackground``). ``0`` switches one off.
     """
 
     enabled: bool = True
@@ -70,6 +82,12 @@ class AugmentConfig:
     translation: float = 0.1
     contrast: float = 0.2
     brightness: float = 0.0
+    aspect: float = 0.0
+    saturation: float = 0.0
+    hue: float = 0.0
+    blur: float = 0.0
+    noise: float = 0.0
+    background: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,6 +211,7 @@ class Config:
 
 CHOICES = {
     "data.source": ("folder", "tfds"),
+    "data.split_by": ("file", "group"),
     "train.optimizer": ("adamw", "adam", "rmsprop", "sgd"),
     "train.schedule": ("cosine", "constant"),
     "train.mixed_precision": ("float32", "mixed_bfloat16", "mixed_float16"),
@@ -294,6 +313,12 @@ def _check(cfg: Config) -> None:
         ("augment.translation", 0.0 <= cfg.augment.translation < 1.0, "in [0, 1)"),
         ("augment.contrast", 0.0 <= cfg.augment.contrast < 1.0, "in [0, 1)"),
         ("augment.brightness", 0.0 <= cfg.augment.brightness < 1.0, "in [0, 1)"),
+        ("augment.aspect", 0.0 <= cfg.augment.aspect < 1.0, "in [0, 1)"),
+        ("augment.saturation", 0.0 <= cfg.augment.saturation <= 1.0, "in [0, 1]"),
+        ("augment.hue", 0.0 <= cfg.augment.hue <= 1.0, "in [0, 1]"),
+        ("augment.blur", 0.0 <= cfg.augment.blur <= 1.0, "in [0, 1]"),
+        ("augment.noise", 0.0 <= cfg.augment.noise <= 64.0, "between 0 and 64 pixels"),
+        ("augment.background", 0.0 <= cfg.augment.background <= 1.0, "a probability in [0, 1]"),
         ("model.width", cfg.model.width >= 1, "an integer >= 1"),
         ("model.dropout_rate", 0.0 <= cfg.model.dropout_rate < 1.0, "in [0, 1)"),
         ("train.epochs", cfg.train.epochs >= 1, "an integer >= 1"),

@@ -19,6 +19,7 @@ import hashlib
 import io
 import logging
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -191,27 +192,57 @@ def check_split(split: ImageSplit, data_cfg: DataConfig) -> ImageSplit:
     return dataclasses.replace(kept, digests=tuple(digests[i] for i in keep))
 
 
-def stratified_split(labels: tuple[int, ...], fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Split indices per class: ``round(fraction * n_class)`` (at least 1) go to the second part.
+def stratified_split(labels: tuple[int, ...], fraction: float, seed: int,
+                     groups: tuple[str, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Split indices per class so that each class sends about ``fraction`` of its images to the
+    second part (at least one image or group, and never all of them).
+
+    Args:
+        labels: class index of each item.
+        fraction: target share of each class in the second part.
+        seed: seeds the shuffle (``numpy.random.default_rng``).
+        groups: optional group key of each item; groups are never split, and whole groups are
+            added to the second part while that brings its size closer to the target.
 
     Returns:
         ``(train_indices, val_indices)``, each sorted, as ``int64`` arrays.
 
     Raises:
-        ValueError: a class has fewer than 2 images, so it cannot appear in both parts.
+        ValueError: a class has fewer than 2 images (or groups), so it cannot be in both parts.
     """
     rng = np.random.default_rng(seed)
     labels_arr = np.asarray(labels)
-    train_idx, val_idx = [], []
+    keys = np.asarray(groups if groups is not None else [str(i) for i in range(len(labels))])
+    train_idx, val_idx = [], [np.zeros(0, np.int64)]
     for label in np.unique(labels_arr):
         idx = np.flatnonzero(labels_arr == label)
-        if len(idx) < 2:
-            raise ValueError(f"class {label} has {len(idx)} image(s); a train/val split needs >= 2.")
-        rng.shuffle(idx)
-        n_val = min(len(idx) - 1, max(1, round(fraction * len(idx))))
-        val_idx.append(idx[:n_val])
-        train_idx.append(idx[n_val:])
+        members = [idx[keys[idx] == k] for k in sorted(set(keys[idx]))]
+        if len(members) < 2:
+            kind = "image" if groups is None else "group"
+            raise ValueError(f"class {label} has {len(members)} {kind}(s); a train/val split "
+                             f"needs >= 2 (lower data.validation_fraction or use split_by=file).")
+        order = rng.permutation(len(members))
+        target, taken = fraction * len(idx), 0
+        for n_groups, g in enumerate(order):
+            size = len(members[g])
+            if n_groups and (n_groups == len(members) - 1 or abs(taken + size - target) >= abs(taken - target)):
+                train_idx += [members[h] for h in order[n_groups:]]
+                break
+            val_idx.append(members[g])
+            taken += size
     return np.sort(np.concatenate(train_idx)), np.sort(np.concatenate(val_idx))
+
+
+def group_keys(paths: tuple[str, ...], pattern: str) -> tuple[str, ...]:
+    """The group key of each file: ``pattern``'s first group on the file name without suffix,
+    or the whole name when it does not match."""
+    regex = re.compile(pattern)
+    keys = []
+    for p in paths:
+        stem = Path(p).stem
+        match = regex.match(stem)
+        keys.append(match.group(1) if match and match.groups() else stem)
+    return tuple(keys)
 
 
 def fingerprint(root: Path, splits: list[ImageSplit]) -> str:
@@ -244,7 +275,10 @@ def load_splits(data_cfg: DataConfig, seed: int) -> Splits:
         )
     full_train = check_split(list_split(root / "train", None, data_cfg.max_images_per_class), data_cfg)
     class_names = full_train.class_names
-    train_idx, val_idx = stratified_split(full_train.labels, data_cfg.validation_fraction, seed)
+    groups = (group_keys(full_train.paths, data_cfg.group_pattern)
+              if data_cfg.split_by == "group" else None)
+    train_idx, val_idx = stratified_split(full_train.labels, data_cfg.validation_fraction, seed,
+                                          groups)
     optional = {}
     for name, folder in (("test", "test"), ("validation_folder", "validation")):
         optional[name] = None

@@ -1,8 +1,8 @@
 """Mobile-ready TFLite variants: quantization, TFLite Metadata, op listing, latency, MediaPipe.
 
-Usage: ``buf = convert_variant(saved_model_dir, "int8", calibration_images)``;
-``buf = add_metadata(buf, class_names, ModelInfo(...))``; ``list_ops(buf)``;
-``measure_latency(path)``; ``mediapipe_predict(path, images)``; ``bench(run_dir)``.
+Usage: ``buf = add_metadata(convert_variant(saved_model_dir, "int8", train_images), labels,
+ModelInfo())``; ``list_ops(buf)``; ``measure_latency(path)``; ``bench(run_dir)``. MediaPipe Tasks
+runs a file through ``rps.predict.load_predictor(path, runtime="mediapipe")``.
 
 Variants (all converted with ``tf.lite.TFLiteConverter.from_saved_model``, builtin ops only):
 ``float32`` (``model.tflite``), ``float16`` (float16 weights), ``dynamic`` (int8 weights,
@@ -35,9 +35,9 @@ from tensorflow.lite.python import schema_py_generated as tfl
 
 from rps.config import QUANTIZE_VARIANTS
 
-VARIANT_FILES = {"float32": "model.tflite", "float16": "model_float16.tflite",
-                 "dynamic": "model_dynamic.tflite", "int8": "model_int8.tflite"}
-assert tuple(VARIANT_FILES) == QUANTIZE_VARIANTS
+# model.tflite, model_float16.tflite, model_dynamic.tflite, model_int8.tflite
+VARIANT_FILES = {v: "model.tflite" if v == "float32" else f"model_{v}.tflite"
+                 for v in QUANTIZE_VARIANTS}
 METADATA_BUFFER_NAME = "TFLITE_METADATA"
 TFLITE_IDENTIFIER, METADATA_IDENTIFIER = b"TFL3", b"M001"
 # Every field written here exists since metadata schema 1.0.0 (see the History in
@@ -158,19 +158,13 @@ def _tensor_metadata(md, name: str, description: str, properties, max_value: flo
 
 
 def build_metadata(model: bytes, class_names: tuple[str, ...], info: ModelInfo) -> bytes:
-    """Build the ``ModelMetadata`` flatbuffer of an image classifier, as MediaPipe's
-    ``image_classifier.MetadataWriter`` lays it out: one RGB image input with
+    """The ``ModelMetadata`` flatbuffer (bytes, identifier ``M001``) of an image classifier,
+    laid out as MediaPipe's ``image_classifier.MetadataWriter`` does: one RGB image input with
     ``NormalizationOptions`` mean 0, std 1 (the model takes pixel values 0-255), one output of
-    probabilities (``FeatureProperties``, range 0-1) with ``labels.txt`` as a
-    ``TENSOR_AXIS_LABELS`` associated file.
-
-    Args:
-        model: TFLite flatbuffer with one input ``[1, S, S, 3]`` and one output ``[1, C]``.
-        class_names: label of each output index (``C`` of them).
-        info: name, description, version, author, license.
-
-    Returns:
-        Metadata flatbuffer bytes, file identifier ``M001``.
+    probabilities (``FeatureProperties``, range 0-1) with ``labels.txt`` as its
+    ``TENSOR_AXIS_LABELS`` associated file; ``info`` gives name, description, version, author
+    and license. ``model`` has one input ``[1, S, S, 3]`` and one output ``[1, C]``,
+    ``C = len(class_names)``.
 
     Raises:
         ValueError: the model's output size differs from ``len(class_names)``.
@@ -233,8 +227,8 @@ def embed_metadata(model: bytes, metadata: bytes, files: dict[str, bytes]) -> by
     out = io.BytesIO(bytes(builder.Output()))
     out.seek(0, io.SEEK_END)
     with zipfile.ZipFile(out, "a") as archive:  # appended after the flatbuffer, offsets absolute
-        for name, content in files.items():
-            archive.writestr(name, content)
+        for name, content in files.items():  # fixed timestamp: same model, same bytes
+            archive.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), content)
     return out.getvalue()
 
 
@@ -361,10 +355,8 @@ def evaluate_variants(run_dir: str | Path, images: np.ndarray, labels: np.ndarra
 def variants_table(run_dir: str | Path, images: np.ndarray, labels: np.ndarray,
                    class_names: tuple[str, ...], reference: np.ndarray,
                    threads: tuple[int, ...] = (1, 2), runs: int = 50) -> list[dict]:
-    """One row per variant: size in bytes, LiteRT and MediaPipe test accuracy, agreement with
-    Keras, LiteRT latency (median and p90 ms of one image) per thread count, op names.
-
-    Args: as ``evaluate_variants``; ``threads``: interpreter thread counts; ``runs``: timed runs.
+    """One row per variant (arguments as ``evaluate_variants``; ``threads``: LiteRT thread
+    counts; ``runs``: timed runs per latency figure).
 
     Returns:
         ``[{"variant", "file", "size_bytes", "test_accuracy", "agreement_with_keras",

@@ -108,7 +108,8 @@ def _one_hot(num_classes: int):
 
 
 def train(cfg: Config, splits: Splits, run_dir: Path,
-          strategy: tf.distribute.Strategy | None = None) -> TrainResult:
+          strategy: tf.distribute.Strategy | None = None,
+          extra_callbacks: list[keras.callbacks.Callback] = ()) -> TrainResult:
     """Train the configured model on ``splits.train``, validating on ``splits.val``.
 
     ``splits.test`` is never read here.
@@ -118,6 +119,7 @@ def train(cfg: Config, splits: Splits, run_dir: Path,
         splits: the data (see ``rps.data.load_splits``).
         run_dir: the run folder; logs, checkpoints and ``history.csv`` go there.
         strategy: a distribution strategy (default: ``make_strategy(cfg.train)``).
+        extra_callbacks: more Keras callbacks (the benchmark's timer, the tuner's).
 
     Returns:
         A ``TrainResult`` whose model holds the best weights by validation loss.
@@ -152,7 +154,8 @@ def train(cfg: Config, splits: Splits, run_dir: Path,
         )
     start = time.perf_counter()
     history = model.fit(train_ds, validation_data=val_ds, epochs=cfg.train.epochs,
-                        callbacks=make_callbacks(cfg, run_dir), verbose=2)
+                        callbacks=make_callbacks(cfg, run_dir) + list(extra_callbacks),
+                        verbose=2)
     seconds = time.perf_counter() - start
     best = run_dir / "checkpoints" / "best.weights.h5"
     if best.is_file():

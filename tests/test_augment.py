@@ -23,10 +23,28 @@ def test_augmenter_changes_pixels_but_not_shape_or_range():
 
 
 def test_all_requested_layers_are_built():
-    cfg = build_config(overrides=["augment.brightness=0.2", "augment.vertical_flip=true"]).augment
+    cfg = build_config(overrides=[
+        "augment.brightness=0.2", "augment.vertical_flip=true", "augment.background=0.5",
+        "augment.saturation=0.3", "augment.hue=0.1", "augment.blur=0.2", "augment.noise=5"]).augment
     names = [l.name for l in make_augment_layers(cfg, seed=0)]
-    assert names == ["random_flip", "random_rotation", "random_zoom", "random_translation",
-                     "random_contrast", "random_brightness"]
+    assert names == ["random_background", "random_flip", "random_rotation", "random_zoom",
+                     "random_translation", "random_contrast", "random_brightness",
+                     "random_saturation", "random_hue", "random_blur", "random_noise"]
+    augment = make_augmenter(cfg, seed=0)
+    y = augment(_batch())
+    assert float(tf.reduce_min(y)) >= 0 and float(tf.reduce_max(y)) <= 255
+
+
+def test_random_background_replaces_only_white_pixels():
+    from rps.augment import RandomBackground
+
+    images = np.full((8, 16, 16, 3), 255.0, np.float32)
+    images[:, 4:12, 4:12] = 120.0  # the "hand"
+    out = RandomBackground(probability=1.0, seed=0)(tf.constant(images)).numpy()
+    np.testing.assert_array_equal(out[:, 4:12, 4:12], 120.0)
+    assert (out[:, :4] != 255.0).mean() > 0.9  # background replaced
+    kept = RandomBackground(probability=0.0, seed=0)(tf.constant(images)).numpy()
+    np.testing.assert_array_equal(kept, images)
 
 
 def test_disabled_gives_none():

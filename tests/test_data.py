@@ -135,3 +135,21 @@ def test_train_pipeline_drops_remainder_and_shuffles_by_seed(tiny_root):
     again = [b[1].numpy().tolist() for b in make_train_dataset(splits.train, cfg)]
     assert [len(b) for b in first] == [5, 5, 5]  # 18 images: the remainder 3 is dropped
     assert first == again
+
+
+def test_group_split_never_splits_a_group():
+    from rps.data import group_keys
+
+    paths = tuple(f"/d/{c}/{c}{h:02d}-{i:03d}.jpg" for c in "abc" for h in range(4) for i in range(10))
+    labels = tuple(k // 40 for k in range(120))
+    groups = group_keys(paths, r"^(.*)-\d+$")
+    assert groups[:2] == ("a00", "a00") and len(set(groups)) == 12
+    train, val = stratified_split(labels, 0.3, seed=0, groups=groups)
+    train_groups, val_groups = {groups[i] for i in train}, {groups[i] for i in val}
+    assert train_groups.isdisjoint(val_groups)
+    assert np.bincount(np.asarray(labels)[val]).tolist() == [10, 10, 10]  # one group per class
+
+
+def test_group_split_needs_two_groups_per_class():
+    with pytest.raises(ValueError, match="class 0 has 1 group"):
+        stratified_split((0, 0, 1, 1), 0.5, seed=0, groups=("g", "g", "h", "i"))

@@ -1,0 +1,303 @@
+"""Benchmarks: time to reach a test accuracy, against the seed recipe; input pipeline rate.
+
+Usage: ``rps bench`` (``make bench``). Results go to ``<run folder>/bench.json`` and ``bench.md``.
+
+The benchmark is the only code that reads ``test/`` during training, and only to time the race
+to a target accuracy: a callback evaluates the current weights on ``test/`` after each epoch,
+with its own time excluded from the training clock. Nothing it measures feeds back into
+training.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+
+class TestAccuracyRace(keras.callbacks.Callback):
+    """After each epoch, record the training time so far (seconds, this callback's own
+    evaluation time excluded) and the top-1 accuracy of the current weights on held-out images.
+
+    Args:
+        images: ``float32 [N, S, S, 3]`` pixels 0-255.
+        labels: ``int [N]`` class indices.
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray):
+        super().__init__()
+        self.images, self.labels = images, np.asarray(labels)
+        self.records: list[dict] = []
+        self._start = 0.0
+        self._excluded = 0.0
+
+    def on_train_begin(self, logs=None):
+        self._start, self._excluded = time.perf_counter(), 0.0
+
+    def on_epoch_end(self, epoch, logs=None):
+        now = time.perf_counter()
+        scores = self.model.predict(self.images, batch_size=128, verbose=0)
+        accuracy = float(np.mean(np.argmax(scores, 1) == self.labels))
+        self.records.append({"epoch": epoch + 1, "train_seconds": now - self._start - self._excluded,
+                             "test_accuracy": accuracy})
+        self._excluded += time.perf_counter() - now
+
+    def time_to(self, target: float) -> float | None:
+        """Training seconds until the test accuracy first reached ``target`` (None: never)."""
+        return next((r["train_seconds"] for r in self.records if r["test_accuracy"] >= target), None)
+
+
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo (or ``platform.processor()``)."""
+    import platform
+
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def matmul_gflops(dtype: str = "float32", n: int = 2048, repeats: int = 10) -> float:
+    """Measured dense ``n x n`` matmul throughput of this machine in GFLOP/s (``2 n^3`` FLOPs
+    per product), the roofline that training throughput is compared with."""
+    import tensorflow as tf
+
+    a = tf.random.uniform([n, n], dtype=tf.float32)
+    a = tf.cast(a, dtype)
+    matmul = tf.function(lambda x: tf.matmul(x, x))
+    matmul(a).numpy()  # warm-up and tracing
+    start = time.perf_counter()
+    for _ in range(repeats):
+        out = matmul(a)
+    out.numpy()
+    return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def forward_flops(model: keras.Model) -> int:
+    """FLOPs of one forward pass of one image, counted by TensorFlow's graph profiler
+    (multiply and add counted separately). https://www.tensorflow.org/api_docs/python/tf/compat/v1/profiler/profile"""
+    import tensorflow as tf
+    from tensorflow.python.profiler import model_analyzer, option_builder
+
+    spec = tf.TensorSpec([1, *model.input_shape[1:]], tf.float32)
+    graph = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec).graph
+    options = option_builder.ProfileOptionBuilder.float_operation()
+    options["output"] = "none"
+    return int(model_analyzer.profile(graph, options=options).total_float_ops)
+
+
+def images_per_second(batches, num_batches: int) -> float:
+    """Images per second delivered by an iterable of ``(images, labels)`` batches, timed over
+    ``num_batches`` batches after one warm-up batch."""
+    iterator = iter(batches)
+    next(iterator)
+    count, start = 0, time.perf_counter()
+    for _ in range(num_batches):
+        images, _ = next(iterator)
+        count += len(images)
+    return count / (time.perf_counter() - start)
+
+
+def seed_recipe_generator(augment: bool):
+    """The seed talk's ``ImageDataGenerator`` (Keras legacy API, needs scipy). ``rescale`` is
+    left out because ``seed_cnn`` rescales inside the model: the arithmetic is the same."""
+    from keras.src.legacy.preprocessing.image import ImageDataGenerator
+
+    if not augment:
+        return ImageDataGenerator()
+    return ImageDataGenerator(rotation_range=40, width_shift_range=0.2, height_shift_range=0.2,
+                              shear_range=0.2, zoom_range=0.2, horizontal_flip=True,
+                              fill_mode="nearest")
+
+
+def seed_recipe_race(root, epochs: int, batch_size: int = 126, image_size: int = 150,
+                     seed: int = 42) -> dict:
+    """Train the seed recipe as its course notebook does and time its race on ``test/``.
+
+    The recipe: ``ImageDataGenerator`` (rotation 40, shifts 0.2, shear 0.2, zoom 0.2, horizontal
+    flip, nearest fill) over all of ``train/`` at 150x150, batch 126; the ``seed_cnn`` model
+    (3.47M parameters); RMSprop (learning rate 0.001); categorical cross-entropy. Test images
+    are read by the same generator class, without augmentation, as the notebook does.
+
+    Returns:
+        ``{"records": [...], "train_seconds", "time_to_98", "final_test_accuracy",
+        "num_parameters"}``.
+    """
+    from rps.config import ModelConfig
+    from rps.models import build_seed_cnn
+
+    keras.utils.set_random_seed(seed)
+    keras.mixed_precision.set_global_policy("float32")
+    root = Path(root)
+    flow = seed_recipe_generator(True).flow_from_directory(
+        str(root / "train"), target_size=(image_size, image_size), batch_size=batch_size,
+        class_mode="categorical", seed=seed)
+    test_flow = seed_recipe_generator(False).flow_from_directory(
+        str(root / "test"), target_size=(image_size, image_size), batch_size=batch_size,
+        class_mode="sparse", shuffle=False)
+    test_x = np.concatenate([test_flow[i][0] for i in range(len(test_flow))])
+    test_y = np.concatenate([test_flow[i][1] for i in range(len(test_flow))]).astype(int)
+    model = build_seed_cnn(ModelConfig(name="seed_cnn"), 3, image_size)
+    model.compile(optimizer=keras.optimizers.RMSprop(0.001),
+                  loss=keras.losses.CategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    race = TestAccuracyRace(test_x, test_y)
+    start = time.perf_counter()
+    model.fit(flow, epochs=epochs, callbacks=[race], verbose=2)
+    return {"records": race.records,
+            "train_seconds": time.perf_counter() - start - race._excluded,
+            "time_to_98": race.time_to(0.98),
+            "final_test_accuracy": race.records[-1]["test_accuracy"],
+            "num_parameters": model.count_params()}
+
+
+def race(cfg, run_dir, splits=None) -> dict:
+    """Train ``cfg`` once (the normal training path, ``rps.train.train``) while timing the race
+    on ``test/``; evaluate the selected checkpoint on ``test/`` and ``validation/``."""
+    from rps.data import load_splits, make_eval_dataset
+    from rps.evaluate import collect
+    from rps.train import train
+
+    splits = splits or load_splits(cfg.data, cfg.seed)
+    test_x, test_y = collect(make_eval_dataset(splits.test, cfg.data))
+    timer = TestAccuracyRace(test_x, test_y)
+    result = train(cfg, splits, run_dir, extra_callbacks=[timer])
+
+    def accuracy(split):
+        if split is None:
+            return None
+        x, y = collect(make_eval_dataset(split, cfg.data))
+        return float(np.mean(np.argmax(result.model.predict(x, verbose=0, batch_size=128), 1) == y))
+
+    epoch_seconds = np.diff([0.0] + [r["train_seconds"] for r in timer.records])
+    steady = float(np.median(epoch_seconds[1:])) if len(epoch_seconds) > 1 else float(epoch_seconds[0])
+    return {"seed": cfg.seed, "records": timer.records, "time_to_98": timer.time_to(0.98),
+            "train_seconds": timer.records[-1]["train_seconds"],
+            "test_accuracy": accuracy(splits.test),
+            "validation_folder_accuracy": accuracy(splits.validation_folder),
+            "train_images_per_second": len(splits.train) // cfg.data.global_batch_size
+            * cfg.data.global_batch_size / steady,
+            "num_parameters": result.model.count_params(),
+            "forward_flops": forward_flops(result.model)}
+
+
+def input_pipeline_rates(cfg, splits, num_batches: int = 20) -> dict:
+    """Images per second of the training input pipeline (decoded images cached, augmentation
+    on) and of the seed recipe's ``ImageDataGenerator``, with the same batch size."""
+    from rps.augment import make_augmenter
+    from rps.data import make_train_dataset
+
+    dataset = make_train_dataset(splits.train, cfg, make_augmenter(cfg.augment, cfg.seed))
+    for _ in dataset:  # first pass fills the cache of decoded images
+        pass
+    ours = images_per_second(dataset.repeat(), num_batches)
+    flow = seed_recipe_generator(True).flow_from_directory(
+        str(Path(cfg.data.root) / "train"), target_size=(cfg.data.image_size,) * 2,
+        batch_size=cfg.data.global_batch_size, class_mode="sparse", seed=cfg.seed)
+    reference = images_per_second((flow[i % len(flow)] for i in range(num_batches + 1)), num_batches)
+    return {"tf_data_images_per_second": ours, "image_data_generator_images_per_second": reference}
+
+
+def summarize(ours: list[dict], reference: dict | None) -> dict:
+    """Means and spreads over seeds, the speed-up against the seed recipe, and the achieved
+    training FLOP rate (3x forward FLOPs per image: forward, input gradient, weight gradient)."""
+    tests = np.array([r["test_accuracy"] for r in ours])
+    times = [r["time_to_98"] for r in ours]
+    reached = [t for t in times if t is not None]
+    summary = {"test_accuracy_mean": float(tests.mean()), "test_accuracy_min": float(tests.min()),
+               "test_accuracy_std": float(tests.std()),
+               "validation_folder_accuracy_min": min(r["validation_folder_accuracy"] or 0 for r in ours),
+               "time_to_98_mean": float(np.mean(reached)) if len(reached) == len(times) else None,
+               "train_images_per_second": float(np.mean([r["train_images_per_second"] for r in ours])),
+               "forward_flops": ours[0]["forward_flops"], "num_parameters": ours[0]["num_parameters"]}
+    summary["training_gflops_per_second"] = 3 * summary["forward_flops"] * summary["train_images_per_second"] / 1e9
+    if reference and reference.get("time_to_98") and summary["time_to_98_mean"]:
+        summary["speedup_to_98"] = reference["time_to_98"] / summary["time_to_98_mean"]
+    return summary
+
+
+def _fmt(value, pattern="{:.4f}"):
+    return "never" if value is None else pattern.format(value)
+
+
+def markdown_table(result: dict) -> str:
+    """The benchmark as a markdown section: environment, one row per run, the summary."""
+    env, s = result["environment"], result["summary"]
+    lines = [f"Date: {env['date']}; CPU: {env['cpu']} ({env['cpu_count']} cores); "
+             f"TensorFlow {env['versions']['tensorflow']}, Keras {env['versions']['keras']}; "
+             f"dense 2048x2048 matmul: {env['matmul_gflops_float32']:.0f} GFLOP/s float32, "
+             f"{env['matmul_gflops_bfloat16']:.0f} GFLOP/s bfloat16.", "",
+             f"Config: `{result['config_path']}` {' '.join(result['overrides'])}", "",
+             "| run | test top-1 | validation/ top-1 | time to 98% test (s) | training time (s) | "
+             "parameters | FLOPs/image (forward) | training images/s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in result["ours"]:
+        lines.append(f"| rps seed {r['seed']} | {r['test_accuracy']:.4f} | "
+                     f"{_fmt(r['validation_folder_accuracy'])} | {_fmt(r['time_to_98'], '{:.0f}')} | "
+                     f"{r['train_seconds']:.0f} | {r['num_parameters']:,} | {r['forward_flops'] / 1e6:.0f}M | "
+                     f"{r['train_images_per_second']:.0f} |")
+    ref = result.get("reference")
+    if ref:
+        lines.append(f"| seed recipe (reference) | {ref['final_test_accuracy']:.4f} | - | "
+                     f"{_fmt(ref['time_to_98'], '{:.0f}')} | {ref['train_seconds']:.0f} | "
+                     f"{ref['num_parameters']:,} | - | - |")
+    p = result["pipeline"]
+    lines += ["", f"- Test top-1 over {len(result['ours'])} seeds: mean {s['test_accuracy_mean']:.4f}, "
+              f"min {s['test_accuracy_min']:.4f}, std {s['test_accuracy_std']:.4f}.",
+              f"- Speed-up to 98% test accuracy against the seed recipe: "
+              f"{_fmt(s.get('speedup_to_98'), '{:.1f}x')}.",
+              f"- Input pipeline: tf.data {p['tf_data_images_per_second']:.0f} images/s vs training "
+              f"{s['train_images_per_second']:.0f} images/s "
+              f"({p['tf_data_images_per_second'] / s['train_images_per_second']:.1f}x); the seed recipe's "
+              f"ImageDataGenerator {p['image_data_generator_images_per_second']:.0f} images/s.",
+              f"- Training compute: {s['training_gflops_per_second']:.1f} GFLOP/s "
+              f"(3 x forward FLOPs x images/s), {100 * s['training_gflops_per_second'] / env['matmul_gflops_float32']:.1f}% "
+              f"of the float32 matmul rate."]
+    return "\n".join(lines) + "\n"
+
+
+def run_bench(cfg, out_dir: Path, seeds: list[int], reference_epochs: int,
+              config_path: str = "", overrides: list[str] = ()) -> dict:
+    """The whole benchmark: environment, input pipeline rates, one race per seed with the
+    config, and the seed recipe's race; writes ``bench.json`` and ``bench.md`` into ``out_dir``.
+
+    Args:
+        cfg: the config to benchmark (``seed`` is replaced by each of ``seeds``).
+        out_dir: folder for the results and the per-seed training folders.
+        seeds: seeds to train with.
+        reference_epochs: epochs of the seed recipe (25 as published; 0 skips it).
+
+    Returns:
+        The result dict written to ``bench.json``.
+    """
+    import dataclasses
+    import datetime
+    import os
+
+    from rps.data import load_splits
+    from rps.runs import library_versions, write_atomic, write_json
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    env = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+           "cpu": cpu_name(), "cpu_count": os.cpu_count(), "versions": library_versions(),
+           "matmul_gflops_float32": matmul_gflops("float32"),
+           "matmul_gflops_bfloat16": matmul_gflops("bfloat16")}
+    pipeline = input_pipeline_rates(cfg, load_splits(cfg.data, cfg.seed))
+    ours = []
+    for seed in seeds:
+        seed_cfg = dataclasses.replace(cfg, seed=seed)
+        ours.append(race(seed_cfg, out_dir / f"seed-{seed}"))
+    reference = (seed_recipe_race(cfg.data.root, reference_epochs, seed=cfg.seed)
+                 if reference_epochs else None)
+    result = {"environment": env, "config_path": config_path, "overrides": list(overrides),
+              "pipeline": pipeline, "ours": ours, "reference": reference,
+              "summary": summarize(ours, reference)}
+    write_json(out_dir / "bench.json", result)
+    write_atomic(out_dir / "bench.md", markdown_table(result))
+    return result

@@ -1,0 +1,50 @@
+"""`rps bench` runs on the smoke config (a synthetic image folder) and writes its files; the
+race timer and the FLOP counter give sane numbers. No speed targets here: those live in
+`make bench` and docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from rps.bench import TestAccuracyRace, forward_flops
+
+from conftest import REPO
+
+
+def test_forward_flops_of_one_dense_layer():
+    inputs = keras.Input((4, 4, 1))
+    model = keras.Model(inputs, keras.layers.Dense(5, use_bias=False)(keras.layers.Flatten()(inputs)))
+    assert forward_flops(model) == 2 * 16 * 5
+
+
+def test_race_records_first_epoch_reaching_target():
+    race = TestAccuracyRace(np.zeros((1, 2)), np.zeros(1))
+    race.records = [{"epoch": 1, "train_seconds": 3.0, "test_accuracy": 0.5},
+                    {"epoch": 2, "train_seconds": 6.0, "test_accuracy": 0.99},
+                    {"epoch": 3, "train_seconds": 9.0, "test_accuracy": 0.97}]
+    assert race.time_to(0.98) == 6.0 and race.time_to(0.995) is None
+
+
+@pytest.mark.slow
+def test_bench_cli_writes_results(tiny_root, tmp_path):
+    docs = tmp_path / "benchmarks.md"
+    out = subprocess.run(
+        [sys.executable, "-m", "rps", "bench", "--config", "configs/smoke.yaml", "--seeds", "1",
+         "--reference-epochs", "1", "--docs", str(docs), f"data.root={tiny_root}",
+         f"output_dir={tmp_path / 'runs'}", "data.image_size=48"],
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    bench_dir = tmp_path / "runs" / "bench-smoke"
+    result = json.loads((bench_dir / "bench.json").read_text())
+    assert [r["seed"] for r in result["ours"]] == [42]
+    assert len(result["ours"][0]["records"]) == 4  # one test evaluation per epoch
+    assert result["reference"]["num_parameters"] == 3_473_475
+    assert result["pipeline"]["tf_data_images_per_second"] > 0
+    assert "| rps seed 42 |" in (bench_dir / "bench.md").read_text()
+    assert docs.read_text().startswith("# Benchmarks")
