@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 CONFIG ?= configs/default.yaml
 SHARED_DATA := $(abspath ../shared/data/rps)
 
-.PHONY: install data train test tensorboard clean
+.PHONY: install data train test bench tensorboard clean
 
 install: $(VENV)/.installed
 
@@ -33,6 +33,10 @@ train: install data
 
 test: install data
 	$(BIN)/python -m pytest
+
+# The benchmark of issue 4: 3 seeds of the default config racing the seed recipe (about 40 min).
+bench: install data
+	$(BIN)/rps bench --config $(CONFIG) --seeds 3 --docs docs/benchmarks.md
 
 tensorboard: install
 	$(BIN)/tensorboard --logdir saved_models --host 127.0.0.1 --port 6006

@@ -18,6 +18,11 @@ from keras import layers
 from rps.config import AugmentConfig
 
 
+# "nearest" repeats the border pixels: white background, or the arm continuing off the frame.
+# "reflect" (the Keras default) would mirror the hand itself into the frame when zooming out.
+FILL_MODE = "nearest"
+
+
 class RandomBackground(layers.Layer):
     """Replace the plain white background of studio renders with a random texture.
 
@@ -102,12 +107,13 @@ def make_augment_layers(aug_cfg: AugmentConfig, seed: int) -> list[layers.Layer]
                                                         name="random_background")),
         (flip, lambda s: layers.RandomFlip(flip, seed=s, name="random_flip")),
         (aug_cfg.rotation, lambda s: layers.RandomRotation(
-            aug_cfg.rotation, fill_mode="reflect", seed=s, name="random_rotation")),
-        (aug_cfg.zoom, lambda s: layers.RandomZoom(
-            aug_cfg.zoom, aug_cfg.zoom + aug_cfg.aspect if aug_cfg.aspect else None,
-            fill_mode="reflect", seed=s, name="random_zoom")),
+            aug_cfg.rotation, fill_mode=FILL_MODE, seed=s, name="random_rotation")),
+        (aug_cfg.zoom_in or aug_cfg.zoom_out or aug_cfg.aspect, lambda s: layers.RandomZoom(
+            (-aug_cfg.zoom_in, aug_cfg.zoom_out),
+            (-aug_cfg.zoom_in - aug_cfg.aspect, aug_cfg.zoom_out + aug_cfg.aspect)
+            if aug_cfg.aspect else None, fill_mode=FILL_MODE, seed=s, name="random_zoom")),
         (aug_cfg.translation, lambda s: layers.RandomTranslation(
-            aug_cfg.translation, aug_cfg.translation, fill_mode="reflect", seed=s,
+            aug_cfg.translation, aug_cfg.translation, fill_mode=FILL_MODE, seed=s,
             name="random_translation")),
         (aug_cfg.contrast, lambda s: layers.RandomContrast(
             aug_cfg.contrast, value_range=value_range, seed=s, name="random_contrast")),

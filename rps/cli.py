@@ -9,6 +9,7 @@ call. Only this module reads ``sys.argv`` and configures logging.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -16,6 +17,13 @@ import sys
 from pathlib import Path
 
 DEFAULT_CONFIG = "configs/default.yaml"
+DEFAULT_TUNE = "configs/tune.yaml"
+
+
+def _format_overrides(args) -> list[str]:
+    """``--quiet`` / ``--json-lines`` as a ``log_format`` override (none: the config decides)."""
+    mode = getattr(args, "log_format", None)
+    return [f"log_format={mode}"] if mode else []
 
 
 def _config(args):
@@ -24,7 +32,61 @@ def _config(args):
     path = args.config
     if path is None and Path(DEFAULT_CONFIG).is_file():
         path = DEFAULT_CONFIG
-    return load_config(path, args.overrides)
+    cfg = load_config(path, list(args.overrides) + _format_overrides(args))
+    _follow_config(args, cfg.log_format)
+    return cfg
+
+
+def _follow_config(args, mode: str) -> None:
+    """A ``log_format`` set in the YAML file (no flag given) takes effect once it is read."""
+    if mode != (getattr(args, "log_format", None) or "text"):
+        args.log_format = mode
+        setup_output(mode, args.verbose)
+
+
+def _emit(args, text: str, **result) -> None:
+    """Print the command's closing lines: ``text`` in text mode, one ``{"event": "done", ...}``
+    JSON line in JSON-lines mode, nothing when quiet."""
+    mode = getattr(args, "log_format", None) or "text"
+    if mode == "json":
+        print(json.dumps({"event": "done", "verb": args.verb, **result}, default=str), flush=True)
+    elif mode == "text":
+        print(text)
+
+
+def setup_output(mode: str, verbose: bool = False) -> None:
+    """Configure logging and library output for a ``log_format``: ``text`` (INFO log lines on
+    stderr, progress bars), ``json`` (stdout holds only JSON lines; WARNING and worse on stderr)
+    or ``quiet`` (errors only: Python warnings, TensorFlow's C++ and Keras's messages off)."""
+    level = {"text": logging.INFO, "json": logging.WARNING, "quiet": logging.ERROR}[mode]
+    level = logging.DEBUG if verbose else level
+    logging.basicConfig(level=level, force=True,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    # The handler filters too: some libraries set their own logger's level (TensorFlow: INFO).
+    logging.getLogger().handlers[0].setLevel(level)
+    logging.captureWarnings(mode != "text")  # warnings become log records, filtered by level
+    if mode != "text":
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3" if mode == "quiet" else "2"
+        with _stderr_silenced() if mode == "quiet" else contextlib.nullcontext():
+            import keras  # imports TensorFlow
+
+        # Keras then sends its messages (e.g. "Saved artifact at ...") to logging, not stdout.
+        keras.config.disable_interactive_logging()
+
+
+@contextlib.contextmanager
+def _stderr_silenced():
+    """Point file descriptor 2 at /dev/null for a while: TensorFlow's C++ start-up lines are
+    printed before its logging is set up, where no environment variable reaches them."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def cmd_train(args) -> int:
@@ -33,17 +95,39 @@ def cmd_train(args) -> int:
     cfg = _config(args)
     run_dir = run(cfg, argv=sys.argv)
     metrics = json.loads((run_dir / "metrics.json").read_text())
+    lines, top1 = [], {}
     for split in ("test", "validation_folder"):
         for artifact, m in metrics.get(split, {}).items():
-            print(f"{split:>17} {artifact:>11}: top-1 accuracy {m['top1_accuracy']:.4f}")
-    print(f"run folder: {run_dir}\nnext: rps predict {run_dir / 'model.tflite'} <image or folder>")
+            lines.append(f"{split:>17} {artifact:>11}: top-1 accuracy {m['top1_accuracy']:.4f}")
+            top1.setdefault(split, {})[artifact] = m["top1_accuracy"]
+    lines.append(f"run folder: {run_dir}\nreport: {run_dir / 'report.md'}\n"
+                 f"next: rps predict {run_dir / 'model.tflite'} <image or folder>")
+    _emit(args, "\n".join(lines), run_dir=run_dir, report=run_dir / "report.md",
+          top1_accuracy=top1)
+    return 0
+
+
+def cmd_tune(args) -> int:
+    from rps.tune import load_tune_config, run_search
+
+    tune_cfg = load_tune_config(args.config or DEFAULT_TUNE,
+                                list(args.overrides) + _format_overrides(args))
+    _follow_config(args, tune_cfg.base.log_format)
+    result = run_search(tune_cfg, resume=args.resume)
+    objective = tune_cfg.objective
+    text = ((result.out_dir / "leaderboard.md").read_text()
+            + f"\nresults: {result.out_dir / 'leaderboard.csv'}, {result.out_dir / 'leaderboard.md'}"
+            + f"\nnext: rps train --config {result.best_yaml}")
+    _emit(args, text, out_dir=result.out_dir, best_yaml=result.best_yaml,
+          leaderboard=result.out_dir / "leaderboard.csv", trials=len(result.rows),
+          **{f"best_{objective}": result.rows[0][objective]})
     return 0
 
 
 def cmd_export(args) -> int:
     from rps.pipeline import reexport
 
-    run_dir = reexport(Path(args.run_dir))
+    run_dir = reexport(Path(args.run_dir), quantize=args.quantize)
     print(f"exports written to {run_dir}\nnext: rps evaluate {run_dir}")
     return 0
 
@@ -59,8 +143,15 @@ def cmd_evaluate(args) -> int:
         from rps.config import build_config, to_dict
 
         cfg = build_config(to_dict(cfg), args.overrides)
-    results = evaluate_run(run_dir, cfg, load_splits(cfg.data, cfg.seed))
-    out = write_json(run_dir / "evaluation.json", results)
+    splits = load_splits(cfg.data, cfg.seed)
+    if args.runtime == "mediapipe":
+        from rps.pipeline import evaluate_run_mediapipe
+
+        results = evaluate_run_mediapipe(run_dir, cfg, splits)
+        out = write_json(run_dir / "evaluation_mediapipe.json", results)
+    else:
+        results = evaluate_run(run_dir, cfg, splits)
+        out = write_json(run_dir / "evaluation.json", results)
     for split, by_artifact in results.items():
         for artifact, m in by_artifact.items():
             print(f"{split:>17} {artifact:>11}: top-1 accuracy {m['top1_accuracy']:.4f}"
@@ -82,7 +173,21 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_bench_export(args) -> int:
+    from rps.tflite import bench, format_table
+
+    docs = args.docs or "docs/tflite_variants.md"
+    result = bench(Path(args.export), docs_file=docs)
+    print(format_table(result["variants"], result["keras_accuracy"], result["split"]))
+    for failure in result["targets_failed"]:
+        print(f"target not met: {failure}")
+    print(f"table written to {Path(args.export) / 'tflite_variants.md'} and {docs}")
+    return 0
+
+
 def cmd_bench(args) -> int:
+    if args.export:
+        return cmd_bench_export(args)
     from rps.bench import run_bench
     from rps.runs import write_atomic
 
@@ -119,15 +224,38 @@ def build_parser() -> argparse.ArgumentParser:
                        help="config overrides, e.g. train.epochs=3 data.root=/my/images")
         return p
 
-    p = with_config(verbs.add_parser("train", help="train, export and evaluate one run"))
+    output = argparse.ArgumentParser(add_help=False)
+    modes = output.add_mutually_exclusive_group()
+    modes.add_argument("--quiet", dest="log_format", action="store_const", const="quiet",
+                       help="print errors only (log_format=quiet)")
+    modes.add_argument("--json-lines", dest="log_format", action="store_const", const="json",
+                       help="stdout: one JSON object per epoch / trial, then a final one "
+                            "(log_format=json)")
+
+    p = with_config(verbs.add_parser("train", help="train, export and evaluate one run",
+                                     parents=[output]))
     p.set_defaults(func=cmd_train)
+    p = verbs.add_parser("tune", parents=[output],
+                         help="keras-tuner search (Hyperband or Bayesian) on the validation split")
+    p.add_argument("--config", help=f"tune file (default: {DEFAULT_TUNE})")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted search of the same tune file")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="base config overrides (e.g. data.root=/my/images), or search settings "
+                        "as tune.<setting>=value (e.g. tune.max_trials=4)")
+    p.set_defaults(func=cmd_tune)
     p = verbs.add_parser("export", help="re-export a complete run's model.keras")
     p.add_argument("run_dir", help="run folder, e.g. saved_models/latest")
+    p.add_argument("--quantize", metavar="none|float16|dynamic|int8|all",
+                   help="TFLite variants besides float32 model.tflite, comma-separated "
+                        "(default: the run's export.quantize)")
     p.set_defaults(func=cmd_export)
     p = verbs.add_parser("evaluate", help="evaluate every export of a run on test/ and validation/")
     p.add_argument("run_dir", help="run folder, e.g. saved_models/latest")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="data overrides, e.g. data.root=/other/images")
+    p.add_argument("--runtime", choices=("litert", "mediapipe"), default="litert",
+                   help="mediapipe: every .tflite variant through MediaPipe Tasks ImageClassifier")
     p.set_defaults(func=cmd_evaluate, config=None)
     p = verbs.add_parser("predict", help="classify image files or folders")
     p.add_argument("model", help=".keras, .tflite or SavedModel folder (labels.txt beside it)")
@@ -140,6 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="epochs of the seed recipe reference (default 25 as published; 0 skips)")
     p.add_argument("--out", help="results folder (default <output_dir>/bench-<run_name>)")
     p.add_argument("--docs", help="also write the markdown table to this file")
+    p.add_argument("--export", metavar="RUN_DIR",
+                   help="instead of the training race: size, accuracy (LiteRT and MediaPipe) and "
+                        "latency table of a run's TFLite variants (--docs default: "
+                        "docs/tflite_variants.md)")
     p.set_defaults(func=cmd_bench)
     p = verbs.add_parser("download", help="download the official data set")
     p.add_argument("--to", default="data/rps", help="destination folder (default: data/rps)")
@@ -151,12 +283,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``rps`` console script. User errors (bad config, missing or bad files)
     print one clear message and exit with status 2; no traceback."""
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide TensorFlow's C++ info lines
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    setup_output(getattr(args, "log_format", None) or "text", args.verbose)
+    # Text mode: log lines are written above any tqdm progress bar instead of through it.
+    redirect = logging_redirect_tqdm() if (getattr(args, "log_format", None) or "text") == "text" \
+        else contextlib.nullcontext()
     try:
-        return args.func(args)
+        with redirect:
+            return args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError) as err:
         print(f"rps {args.verb}: error: {err}", file=sys.stderr)
         return 2

@@ -66,7 +66,9 @@ class AugmentConfig:
     """Random augmentation of the training split (Keras preprocessing layers).
 
     Factors follow the Keras layers' conventions: ``rotation`` is a fraction of a full turn
-    (0.1 = +/-36 degrees), ``zoom`` and ``translation`` are fractions of the image side,
+    (0.1 = +/-36 degrees), ``zoom_in`` and ``zoom_out`` are the largest zoom in and out as
+    fractions of the image side (the test set's hands are smaller in the frame than the training
+    set's, so zooming out matters more), ``translation`` is a fraction of the image side,
     ``aspect`` is the extra zoom range of the width alone (aspect-ratio changes), ``contrast``,
     ``brightness``, ``saturation`` and ``hue`` are the layers' factors, ``blur`` is the blur
     factor of ``RandomGaussianBlur``, ``noise`` the standard deviation of Gaussian pixel noise
@@ -78,7 +80,8 @@ class AugmentConfig:
     horizontal_flip: bool = True
     vertical_flip: bool = False
     rotation: float = 0.1
-    zoom: float = 0.2
+    zoom_in: float = 0.2
+    zoom_out: float = 0.2
     translation: float = 0.1
     contrast: float = 0.2
     brightness: float = 0.0
@@ -117,6 +120,8 @@ class TrainConfig:
         schedule: ``cosine`` (linear warmup, then cosine decay to 0) or ``constant``.
         warmup_epochs: length of the linear warmup, in epochs.
         label_smoothing: label smoothing of the cross-entropy loss.
+        ema_momentum: keep an exponential moving average of the weights with this momentum
+            and evaluate, checkpoint and export the averaged weights (``0``: off).
         early_stopping_patience: epochs without validation improvement before stopping
             (``0``: never stop early).
         cpu_replicas: on a machine without GPUs, split the CPU into this many logical devices,
@@ -125,6 +130,15 @@ class TrainConfig:
         jit_compile: compile the train step with XLA.
         deterministic: turn on TensorFlow op determinism (slower; bit-identical reruns).
         steps_per_execution: train steps run per call into the graph.
+        tensorboard_update_freq: also write loss, accuracy and learning rate to TensorBoard
+            every this many training steps (``0``: once per epoch only).
+        histogram_freq: write weight histograms to TensorBoard every this many epochs
+            (``0``: never).
+        confusion_matrix_freq: write the validation confusion matrix as a TensorBoard image
+            every this many epochs (``0``: never; costs one extra pass over the validation split).
+        profile_batches: profile these training steps (1-based, counted across epochs) into
+            ``logs/train/plugins/profile``: ``"start,stop"``, a single step ``"12"``, or ``"0"``
+            (off). View with TensorBoard's Profile tab (``tensorboard-plugin-profile``).
     """
 
     epochs: int = 25
@@ -134,12 +148,17 @@ class TrainConfig:
     schedule: str = "cosine"
     warmup_epochs: int = 1
     label_smoothing: float = 0.1
+    ema_momentum: float = 0.0
     early_stopping_patience: int = 0
     cpu_replicas: int = 1
     mixed_precision: str = "float32"
     jit_compile: bool = False
     deterministic: bool = False
     steps_per_execution: int = 1
+    tensorboard_update_freq: int = 10
+    histogram_freq: int = 1
+    confusion_matrix_freq: int = 1
+    profile_batches: str = "10,12"
 
 
 # TFLite variants, in this order (see rps.tflite): float32 weights, float16 weights, dynamic-range
@@ -171,6 +190,26 @@ def parse_quantize(text: str) -> tuple[str, ...]:
     return tuple(v for v in QUANTIZE_VARIANTS if v in names or v == "float32")
 
 
+def parse_profile_batches(text: str) -> tuple[int, int] | None:
+    """Read ``train.profile_batches``: ``"start,stop"``, ``"step"`` or ``"0"``.
+
+    Returns:
+        ``(start, stop)`` training steps (1-based, inclusive), ``(0, 0)`` for off, or ``None``
+        when the text is not valid (``_check`` turns that into a ``ConfigError``).
+    """
+    try:
+        steps = [int(part) for part in str(text).split(",")]
+    except ValueError:
+        return None
+    if steps == [0]:
+        return (0, 0)
+    if len(steps) == 1:
+        steps = steps * 2
+    if len(steps) != 2 or not 1 <= steps[0] <= steps[1]:
+        return None
+    return (steps[0], steps[1])
+
+
 @dataclasses.dataclass(frozen=True)
 class ExportConfig:
     """What ``export`` writes and how it checks it.
@@ -182,6 +221,9 @@ class ExportConfig:
             (files ``model_<variant>.tflite``; see ``parse_quantize``).
         calibration_images: training images (a seeded random sample) that calibrate the
             ``int8`` variant's value ranges.
+        int8_per_channel: quantize the ``int8`` variant's weights with one scale per channel
+            instead of one per tensor (larger file: 12 bytes more per channel; see
+            ``rps.tflite.convert_variant``).
         check_images: number of validation images on which each export must agree with Keras.
         license: license string written into the TFLite metadata.
     """
@@ -189,6 +231,7 @@ class ExportConfig:
     tflite: bool = True
     quantize: str = "float32,int8"
     calibration_images: int = 200
+    int8_per_channel: bool = False
     check_images: int = 16
     license: str = ("Apache-2.0. Rock Paper Scissors training data: Laurence Moroney, CC BY 2.0, "
                     "http://laurencemoroney.com/rock-paper-scissors-dataset")
@@ -197,7 +240,10 @@ class ExportConfig:
 @dataclasses.dataclass(frozen=True)
 class Config:
     """The root config. ``seed`` drives every random choice; ``run_name`` names the run folder
-    ``<output_dir>/<run_name>``."""
+    ``<output_dir>/<run_name>``; ``log_format`` is what the console shows: ``text`` (Keras and
+    tqdm progress bars, log lines), ``json`` (one JSON object per line on stdout: each epoch,
+    each tuning trial, the final result) or ``quiet`` (errors only). ``log_format`` does not take
+    part in config equality, so an interrupted run resumes under any format."""
 
     seed: int = 42
     run_name: str = "default"
@@ -207,6 +253,7 @@ class Config:
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     export: ExportConfig = ExportConfig()
+    log_format: str = dataclasses.field(default="text", compare=False)
 
 
 CHOICES = {
@@ -215,6 +262,7 @@ CHOICES = {
     "train.optimizer": ("adamw", "adam", "rmsprop", "sgd"),
     "train.schedule": ("cosine", "constant"),
     "train.mixed_precision": ("float32", "mixed_bfloat16", "mixed_float16"),
+    "log_format": ("text", "json", "quiet"),
 }
 
 
@@ -309,7 +357,8 @@ def _check(cfg: Config) -> None:
         ("data.max_images_per_class", cfg.data.max_images_per_class >= 0, ">= 0 (0 means all)"),
         ("data.max_image_pixels", cfg.data.max_image_pixels >= 1, "an integer >= 1"),
         ("augment.rotation", 0.0 <= cfg.augment.rotation <= 0.5, "between 0 and 0.5 turns"),
-        ("augment.zoom", 0.0 <= cfg.augment.zoom < 1.0, "in [0, 1)"),
+        ("augment.zoom_in", 0.0 <= cfg.augment.zoom_in < 1.0, "in [0, 1)"),
+        ("augment.zoom_out", 0.0 <= cfg.augment.zoom_out <= 2.0, "in [0, 2]"),
         ("augment.translation", 0.0 <= cfg.augment.translation < 1.0, "in [0, 1)"),
         ("augment.contrast", 0.0 <= cfg.augment.contrast < 1.0, "in [0, 1)"),
         ("augment.brightness", 0.0 <= cfg.augment.brightness < 1.0, "in [0, 1)"),
@@ -327,9 +376,17 @@ def _check(cfg: Config) -> None:
         ("train.warmup_epochs", 0 <= cfg.train.warmup_epochs < cfg.train.epochs,
          "in [0, train.epochs)"),
         ("train.label_smoothing", 0.0 <= cfg.train.label_smoothing < 1.0, "in [0, 1)"),
+        ("train.ema_momentum", 0.0 <= cfg.train.ema_momentum < 1.0, "in [0, 1) (0 switches EMA off)"),
         ("train.early_stopping_patience", cfg.train.early_stopping_patience >= 0, ">= 0"),
         ("train.cpu_replicas", cfg.train.cpu_replicas >= 1, "an integer >= 1"),
         ("train.steps_per_execution", cfg.train.steps_per_execution >= 1, "an integer >= 1"),
+        ("train.tensorboard_update_freq", cfg.train.tensorboard_update_freq >= 0,
+         ">= 0 steps (0: per epoch only)"),
+        ("train.histogram_freq", cfg.train.histogram_freq >= 0, ">= 0 epochs (0: off)"),
+        ("train.confusion_matrix_freq", cfg.train.confusion_matrix_freq >= 0,
+         ">= 0 epochs (0: off)"),
+        ("train.profile_batches", parse_profile_batches(cfg.train.profile_batches) is not None,
+         "'start,stop' with 1 <= start <= stop, a single step such as '12', or '0' (off)"),
         ("export.check_images", cfg.export.check_images >= 0, ">= 0"),
         ("export.calibration_images", cfg.export.calibration_images >= 1, "an integer >= 1"),
     ]

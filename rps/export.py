@@ -87,7 +87,7 @@ def artifact_name(variant: str) -> str:
 def write_tflite_variants(saved_model_dir: Path, run_dir: Path, class_names: tuple[str, ...],
                           quantize: tuple[str, ...] = ("float32",),
                           calibration_images: np.ndarray | None = None,
-                          model_info=None) -> dict[str, Path]:
+                          model_info=None, int8_per_channel: bool = False) -> dict[str, Path]:
     """Convert each TFLite variant, embed TFLite Metadata (labels included), write it atomically.
 
     Args:
@@ -97,6 +97,7 @@ def write_tflite_variants(saved_model_dir: Path, run_dir: Path, class_names: tup
         quantize: variant names (``rps.config.QUANTIZE_VARIANTS``).
         calibration_images: ``float32 [N, S, S, 3]`` training images, needed for ``int8``.
         model_info: ``rps.tflite.ModelInfo`` for the metadata (default: generic, from labels).
+        int8_per_channel: see ``rps.tflite.convert_variant``.
 
     Returns:
         ``{artifact_name(variant): path}``.
@@ -114,7 +115,7 @@ def write_tflite_variants(saved_model_dir: Path, run_dir: Path, class_names: tup
             f"0-255. Output: the probability of each label in labels.txt."))
     paths = {}
     for variant in quantize:
-        model = convert_variant(saved_model_dir, variant, calibration_images)
+        model = convert_variant(saved_model_dir, variant, calibration_images, int8_per_channel)
         flex = [op for op in list_ops(model) if op.startswith("Flex")]
         if flex:
             raise RuntimeError(f"TFLite {variant} variant needs Flex ops {flex}; builtin only.")
@@ -128,7 +129,7 @@ def export_model(model: keras.Model, run_dir: Path, class_names: tuple[str, ...]
                  check_images: np.ndarray | None = None, tflite: bool = True,
                  quantize: tuple[str, ...] = ("float32",),
                  calibration_images: np.ndarray | None = None,
-                 model_info=None) -> dict[str, Path]:
+                 model_info=None, int8_per_channel: bool = False) -> dict[str, Path]:
     """Write all exports of an inference model (probabilities output) into ``run_dir``.
 
     Args:
@@ -141,6 +142,7 @@ def export_model(model: keras.Model, run_dir: Path, class_names: tuple[str, ...]
         quantize: TFLite variants to write (``rps.config.parse_quantize``).
         calibration_images: ``float32 [N, S, S, 3]`` training images for the ``int8`` variant.
         model_info: ``rps.tflite.ModelInfo`` written into each TFLite file's metadata.
+        int8_per_channel: int8 weight scales per channel instead of per tensor.
 
     Returns:
         Mapping of artifact name (``keras``, ``saved_model``, ``tflite``,
@@ -159,7 +161,8 @@ def export_model(model: keras.Model, run_dir: Path, class_names: tuple[str, ...]
              "saved_model": save_saved_model(model, run_dir / SAVED_MODEL_DIR)}
     if tflite:
         paths.update(write_tflite_variants(paths["saved_model"], run_dir, class_names,
-                                           tuple(quantize), calibration_images, model_info))
+                                           tuple(quantize), calibration_images, model_info,
+                                           int8_per_channel))
     expected = (model.predict(check_images, verbose=0)
                 if check_images is not None and len(check_images) else None)
     for name, path in paths.items():

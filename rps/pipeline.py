@@ -1,4 +1,5 @@
-"""The main job, top to bottom: data -> train -> export -> evaluate -> plots -> complete.
+"""The main job, top to bottom: data -> train -> export -> evaluate -> plots -> report ->
+complete.
 
 Usage: ``run_dir = run(load_config("configs/default.yaml"))`` (what ``rps train`` and
 ``make train`` call).
@@ -13,15 +14,21 @@ from pathlib import Path
 
 import keras
 import numpy as np
+from tqdm import tqdm
 
-from rps.config import Config
+from rps.augment import make_augmenter
+from rps.config import Config, parse_quantize
 from rps.data import ImageSplit, Splits, load_splits, make_eval_dataset
 from rps.evaluate import collect, evaluate
-from rps.export import export_model
+from rps.export import artifact_name, export_model
 from rps.models import add_softmax, build_model
-from rps.plots import plot_confusion_matrix, plot_history
+from rps.plots import (plot_augmentation_preview, plot_confusion_matrix, plot_history,
+                       plot_misclassified)
+from rps.report import write_report
 from rps.runs import (library_versions, mark_complete, open_run_dir, read_run_config,
                       require_complete, write_json)
+from rps.tensorboard import augment_draws, sample_images, write_final_metrics
+from rps.tflite import ModelInfo, calibration_images, evaluate_variants, variant_files
 from rps.train import make_strategy, train
 
 log = logging.getLogger(__name__)
@@ -45,14 +52,15 @@ def evaluate_run(run_dir: Path, cfg: Config, splits: Splits) -> dict:
         with the Keras model's top-1 predictions.
     """
     artifacts = {"keras": run_dir / "model.keras", "saved_model": run_dir / "saved_model",
-                 "tflite": run_dir / "model.tflite"}
+                 **{artifact_name(v): p for v, p in variant_files(run_dir).items()}}
     results: dict = {}
     held_out: list[ImageSplit] = [s for s in (splits.test, splits.validation_folder) if s]
     for split in held_out:
         dataset = make_eval_dataset(split, cfg.data, cache=True)
         results[split.name] = {}
         reference = None
-        for name, path in artifacts.items():
+        for name, path in tqdm(artifacts.items(), desc=f"evaluate on {split.name}", unit="model",
+                               disable=cfg.log_format != "text", leave=False):
             if not path.exists():
                 continue
             metrics, probs = evaluate(path, dataset, splits.class_names, reference)
@@ -64,6 +72,61 @@ def evaluate_run(run_dir: Path, cfg: Config, splits: Splits) -> dict:
                                   run_dir / f"confusion_matrix_{split.name}_{name}.png",
                                   f"{name} on {split.name} (top-1 {metrics['top1_accuracy']:.3f})")
     return results
+
+
+def plot_samples(run_dir: Path, cfg: Config, splits: Splits, model: keras.Model) -> None:
+    """Example-image plots: ``misclassified_<split>.png`` (the inference model's mistakes on the
+    test split, or on the validation split when there is no ``test/``) and
+    ``augmentation_preview.png`` (training images with random draws of the augmentation)."""
+    split = splits.test or splits.val
+    images, labels = collect(make_eval_dataset(split, cfg.data, cache=False))
+    # Eager calls in batches of 64, not model.predict: predict would trace one more tf.function.
+    probabilities = np.concatenate([np.asarray(model(images[i:i + 64], training=False))
+                                    for i in range(0, len(images), 64)])
+    plot_misclassified(images.astype(np.uint8), labels, probabilities, list(splits.class_names),
+                       run_dir / f"misclassified_{split.name}.png", f"keras on {split.name}")
+    preview = sample_images(splits.train, cfg.data.image_size)
+    plot_augmentation_preview(preview, augment_draws(preview, make_augmenter(cfg.augment, cfg.seed)),
+                              run_dir / "augmentation_preview.png")
+
+
+def evaluate_run_mediapipe(run_dir: Path, cfg: Config, splits: Splits) -> dict:
+    """Evaluate every TFLite variant of ``run_dir`` through MediaPipe Tasks ``ImageClassifier``
+    (the app runtime) on the held-out splits.
+
+    Returns:
+        ``{split: {"keras": metrics, "mediapipe_<variant>": metrics}}``; the MediaPipe metrics
+        carry ``agreement`` with the Keras model's top-1 predictions.
+
+    Raises:
+        ValueError: MediaPipe refuses a file, or reads label names other than the run's.
+    """
+    from rps.evaluate import compute_metrics
+
+    model = keras.saving.load_model(run_dir / "model.keras", safe_mode=True, compile=False)
+    results: dict = {}
+    for split in (s for s in (splits.test, splits.validation_folder) if s):
+        images, labels = collect(make_eval_dataset(split, cfg.data, cache=False))
+        reference = np.asarray(model.predict(images, verbose=0, batch_size=64))
+        by_variant = evaluate_variants(run_dir, images, labels, splits.class_names, reference,
+                                       runtime="mediapipe")
+        results[split.name] = {"keras": compute_metrics(labels, reference, splits.class_names),
+                               **{f"mediapipe_{v}": m for v, m in by_variant.items()}}
+        for name, m in results[split.name].items():
+            log.info("%s on %s: top-1 accuracy %.4f", name, split.name, m["top1_accuracy"])
+    return results
+
+
+def _tflite_inputs(cfg: Config, splits: Splits, run_dir: Path) -> dict:
+    """The TFLite keyword arguments of ``export_model``: variants, int8 calibration images
+    (training split), metadata."""
+    quantize = parse_quantize(cfg.export.quantize)
+    calibration = (calibration_images(splits.train, cfg.data, cfg.export.calibration_images,
+                                      cfg.seed) if "int8" in quantize else None)
+    info = ModelInfo(name=f"rps {cfg.model.name}", version=f"{run_dir.name}, data "
+                     f"{splits.fingerprint[:12]}", license=cfg.export.license)
+    return {"tflite": cfg.export.tflite, "quantize": quantize, "calibration_images": calibration,
+            "model_info": info, "int8_per_channel": cfg.export.int8_per_channel}
 
 
 def run(cfg: Config, argv: list[str] | None = None) -> Path:
@@ -89,31 +152,43 @@ def run(cfg: Config, argv: list[str] | None = None) -> Path:
     model = inference_model(result.model, cfg, len(splits.class_names))
     check, _ = collect(make_eval_dataset(splits.val, cfg.data, cache=False).take(1))
     export_model(model, run_dir, splits.class_names, check[:cfg.export.check_images],
-                 tflite=cfg.export.tflite)
+                 **_tflite_inputs(cfg, splits, run_dir))
     started = time.perf_counter()
     metrics = {"train_seconds": result.train_seconds, "num_parameters": model.count_params(),
                **evaluate_run(run_dir, cfg, splits)}
     metrics["evaluate_seconds"] = time.perf_counter() - started
     write_json(run_dir / "metrics.json", metrics)
     plot_history(run_dir / "history.csv", run_dir / "training_curves.png")
+    plot_samples(run_dir, cfg, splits, model)
+    write_final_metrics(run_dir / "logs", metrics, result.history)
+    write_report(run_dir)
     mark_complete(run_dir)
     return run_dir
 
 
-def reexport(run_dir: Path) -> Path:
+def reexport(run_dir: Path, quantize: str | None = None) -> Path:
     """Export a complete run's ``model.keras`` again (SavedModel, TFLite, labels), checking
     each against Keras on the validation split.
 
+    ``quantize`` (``export.quantize`` syntax: ``none``, ``all``, ``int8``, ``float16,dynamic``)
+    replaces the run's TFLite variants setting; ``None`` keeps it.
+
     Raises:
         FileNotFoundError, ValueError: the run folder is missing or incomplete.
+        rps.config.ConfigError: ``quantize`` names an unknown variant.
     """
     run_dir = require_complete(run_dir)
     cfg = read_run_config(run_dir)
+    if quantize is not None:
+        from rps.config import build_config, to_dict
+
+        cfg = build_config(to_dict(cfg), [f"export.quantize={quantize}"])
     from rps.predict import read_labels
 
     model = keras.saving.load_model(run_dir / "model.keras", safe_mode=True, compile=False)
     splits = load_splits(cfg.data, cfg.seed)
     check, _ = collect(make_eval_dataset(splits.val, cfg.data, cache=False).take(1))
     export_model(model, run_dir, read_labels(run_dir / "model.keras"),
-                 np.asarray(check[:cfg.export.check_images]), tflite=cfg.export.tflite)
+                 np.asarray(check[:cfg.export.check_images]),
+                 **_tflite_inputs(cfg, splits, run_dir))
     return run_dir

@@ -11,15 +11,19 @@ split evenly across replicas. https://www.tensorflow.org/guide/distributed_train
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import sys
 import time
 from pathlib import Path
 
 import keras
+import numpy as np
 import tensorflow as tf
 
+from rps import tensorboard as tb
 from rps.augment import make_augmenter
-from rps.config import Config, TrainConfig
+from rps.config import Config, TrainConfig, parse_profile_batches
 from rps.data import Splits, make_eval_dataset, make_train_dataset
 from rps.models import build_model
 
@@ -68,43 +72,136 @@ def make_optimizer(train_cfg: TrainConfig, steps_per_epoch: int) -> keras.optimi
     """Optimizer with the configured schedule. ``cosine``: linear warmup over
     ``warmup_epochs``, then cosine decay to 0 (Loshchilov & Hutter, SGDR,
     https://arxiv.org/abs/1608.03983; Goyal et al. warmup, https://arxiv.org/abs/1706.02677).
-    AdamW: https://arxiv.org/abs/1711.05101."""
+    AdamW: https://arxiv.org/abs/1711.05101. With ``ema_momentum``, the optimizer also keeps an
+    exponential moving average of the weights (Polyak & Juditsky 1992; Keras ``use_ema``)."""
     lr = train_cfg.learning_rate
+    ema = {"use_ema": train_cfg.ema_momentum > 0, "ema_momentum": train_cfg.ema_momentum or 0.99}
     if train_cfg.schedule == "cosine":
         warmup = train_cfg.warmup_epochs * steps_per_epoch
         lr = keras.optimizers.schedules.CosineDecay(
             initial_learning_rate=0.0 if warmup else lr, warmup_target=lr if warmup else None,
             warmup_steps=warmup, decay_steps=train_cfg.epochs * steps_per_epoch - warmup)
     if train_cfg.optimizer == "adamw":
-        return keras.optimizers.AdamW(lr, weight_decay=train_cfg.weight_decay)
+        return keras.optimizers.AdamW(lr, weight_decay=train_cfg.weight_decay, **ema)
     if train_cfg.optimizer == "adam":
-        return keras.optimizers.Adam(lr)
+        return keras.optimizers.Adam(lr, **ema)
     if train_cfg.optimizer == "rmsprop":
-        return keras.optimizers.RMSprop(lr)
-    return keras.optimizers.SGD(lr, momentum=0.9, nesterov=True)
+        return keras.optimizers.RMSprop(lr, **ema)
+    return keras.optimizers.SGD(lr, momentum=0.9, nesterov=True, **ema)
 
 
-def make_callbacks(cfg: Config, run_dir: Path) -> list[keras.callbacks.Callback]:
-    """Built-in Keras callbacks only: BackupAndRestore (resume an interrupted run), best
-    checkpoint on validation loss, CSV history, TensorBoard, optional early stopping."""
+def fit_verbose(cfg: Config) -> int:
+    """``verbose`` for ``fit``: in ``text`` mode Keras progress bars on a terminal and one line
+    per epoch otherwise (a bar redrawn into a log file is unreadable); nothing in ``json`` and
+    ``quiet`` mode."""
+    if cfg.log_format != "text":
+        return 0
+    return 1 if sys.stdout.isatty() else 2
+
+
+def _print_epoch_json(epoch: int, logs: dict | None) -> None:
+    print(json.dumps({"event": "epoch", "epoch": epoch + 1,
+                      **{k: float(v) for k, v in (logs or {}).items()}}), flush=True)
+
+
+def make_callbacks(cfg: Config, run_dir: Path, splits: Splits | None = None,
+                   tuning: bool = False) -> list[keras.callbacks.Callback]:
+    """All callbacks of a run, Keras built-ins where possible.
+
+    BackupAndRestore (resume an interrupted run), best checkpoint on validation loss, CSV
+    history, Keras TensorBoard (epoch scalars with the learning rate, graph, weight histograms,
+    profiler trace; https://keras.io/api/callbacks/tensorboard/), and from ``rps.tensorboard``:
+    loss, accuracy and learning rate every ``train.tensorboard_update_freq`` steps, HParams,
+    augmented-sample and confusion-matrix images. Then one JSON line per epoch when
+    ``log_format`` is ``json``, and optional early stopping.
+
+    Args:
+        cfg: the run config.
+        run_dir: the run folder (``logs/``, ``checkpoints/``, ``history.csv`` go there).
+        splits: the data; needed for the augmented-sample and confusion-matrix images
+            (``None``: no image summaries).
+        tuning: only what a keras-tuner trial can use (epoch scalars, JSON lines): keras-tuner
+            checkpoints trials itself and gives each trial its own TensorBoard folder and HParams.
+
+    Returns:
+        The callbacks, in the order Keras should call them.
+    """
+    logs, train_cfg = run_dir / "logs", cfg.train
+    callbacks: list[keras.callbacks.Callback] = []
+    if cfg.log_format == "json":
+        # One JSON object per epoch on stdout, for scripts and CI logs.
+        callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=_print_epoch_json))
+    if tuning:
+        return [keras.callbacks.TensorBoard(log_dir=str(logs), write_graph=False)] + callbacks
     checkpoints = run_dir / "checkpoints"
-    callbacks = [
+    callbacks += [
         # Saves the full training state each epoch; the same command resumes from it.
         keras.callbacks.BackupAndRestore(str(checkpoints / "backup")),
         keras.callbacks.ModelCheckpoint(str(checkpoints / "best.weights.h5"), monitor="val_loss",
                                         save_best_only=True, save_weights_only=True),
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
-        keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs"), write_graph=True),
+        # update_freq stays "epoch": see rps.tensorboard.BatchScalars for the step scalars.
+        keras.callbacks.TensorBoard(
+            log_dir=str(logs), write_graph=True, histogram_freq=train_cfg.histogram_freq,
+            update_freq="epoch", profile_batch=parse_profile_batches(train_cfg.profile_batches)),
+        keras.callbacks.LambdaCallback(on_train_begin=lambda _: tb.write_hparams(logs, cfg)),
     ]
-    if cfg.train.early_stopping_patience:
+    if train_cfg.tensorboard_update_freq:
+        callbacks.append(tb.BatchScalars(logs, train_cfg.tensorboard_update_freq))
+    if splits is not None:
+        callbacks.append(tb.ImageSummaries(
+            logs, tb.sample_images(splits.train, cfg.data.image_size),
+            make_augmenter(cfg.augment, cfg.seed), make_eval_dataset(splits.val, cfg.data),
+            np.asarray(splits.val.labels), splits.class_names, train_cfg.confusion_matrix_freq))
+    if train_cfg.early_stopping_patience:
         callbacks.append(keras.callbacks.EarlyStopping(
-            monitor="val_loss", patience=cfg.train.early_stopping_patience))
+            monitor="val_loss", patience=train_cfg.early_stopping_patience))
     return callbacks
 
 
 def _one_hot(num_classes: int):
     # Categorical (not sparse) cross-entropy, because only it supports label smoothing.
     return lambda x, y: (x, tf.one_hot(y, num_classes))
+
+
+def make_fit_datasets(cfg: Config, splits: Splits) -> tuple[tf.data.Dataset, tf.data.Dataset, int]:
+    """The datasets ``fit`` reads: augmented training batches and validation batches, labels
+    one-hot ``float32 [B, num_classes]``. ``splits.test`` is never read.
+
+    Returns:
+        ``(train_ds, val_ds, steps_per_epoch)``.
+
+    Raises:
+        ValueError: the training split is smaller than one global batch.
+    """
+    num_classes = len(splits.class_names)
+    augment = make_augmenter(cfg.augment, cfg.seed)
+    train_ds = make_train_dataset(splits.train, cfg, augment).map(_one_hot(num_classes))
+    val_ds = make_eval_dataset(splits.val, cfg.data).map(_one_hot(num_classes))
+    steps_per_epoch = len(splits.train) // cfg.data.global_batch_size
+    if steps_per_epoch < 1:
+        raise ValueError(f"the training split has {len(splits.train)} images, fewer than "
+                         f"data.global_batch_size={cfg.data.global_batch_size}: lower the batch size.")
+    return train_ds, val_ds, steps_per_epoch
+
+
+def compile_model(model: keras.Model, cfg: Config, steps_per_epoch: int) -> keras.Model:
+    """Compile a logits model for training: the configured optimizer and schedule, categorical
+    cross-entropy on logits with label smoothing, accuracy. Call it inside ``strategy.scope()``
+    (``train`` and the tuner's hypermodel both do).
+
+    Returns:
+        ``model``, compiled.
+    """
+    model.compile(
+        optimizer=make_optimizer(cfg.train, steps_per_epoch),
+        loss=keras.losses.CategoricalCrossentropy(
+            from_logits=True, label_smoothing=cfg.train.label_smoothing),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+        jit_compile=cfg.train.jit_compile,
+        steps_per_execution=cfg.train.steps_per_execution,
+    )
+    return model
 
 
 def train(cfg: Config, splits: Splits, run_dir: Path,
@@ -134,28 +231,15 @@ def train(cfg: Config, splits: Splits, run_dir: Path,
     log.info("replicas: %d, global batch size: %d, per-replica batch size: %d", replicas,
              cfg.data.global_batch_size, cfg.data.global_batch_size // replicas)
 
-    augment = make_augmenter(cfg.augment, cfg.seed)
-    train_ds = make_train_dataset(splits.train, cfg, augment).map(_one_hot(num_classes))
-    val_ds = make_eval_dataset(splits.val, cfg.data).map(_one_hot(num_classes))
-    steps_per_epoch = len(splits.train) // cfg.data.global_batch_size
-    if steps_per_epoch < 1:
-        raise ValueError(f"the training split has {len(splits.train)} images, fewer than "
-                         f"data.global_batch_size={cfg.data.global_batch_size}: lower the batch size.")
+    train_ds, val_ds, steps_per_epoch = make_fit_datasets(cfg, splits)
 
     with strategy.scope():
-        model = build_model(cfg.model, num_classes, cfg.data.image_size)
-        model.compile(
-            optimizer=make_optimizer(cfg.train, steps_per_epoch),
-            loss=keras.losses.CategoricalCrossentropy(
-                from_logits=True, label_smoothing=cfg.train.label_smoothing),
-            metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
-            jit_compile=cfg.train.jit_compile,
-            steps_per_execution=cfg.train.steps_per_execution,
-        )
+        model = compile_model(build_model(cfg.model, num_classes, cfg.data.image_size), cfg,
+                              steps_per_epoch)
     start = time.perf_counter()
     history = model.fit(train_ds, validation_data=val_ds, epochs=cfg.train.epochs,
-                        callbacks=make_callbacks(cfg, run_dir) + list(extra_callbacks),
-                        verbose=2)
+                        callbacks=make_callbacks(cfg, run_dir, splits) + list(extra_callbacks),
+                        verbose=fit_verbose(cfg))
     seconds = time.perf_counter() - start
     best = run_dir / "checkpoints" / "best.weights.h5"
     if best.is_file():

@@ -139,7 +139,7 @@ def test_one_preprocessing_path_for_training_predict_and_tflite(smoke, real_root
 
 
 def test_bench_writes_the_variants_table(smoke, tmp_path):
-    result = bench(smoke["run_dir"], docs_dir=tmp_path / "docs", runs=3)
+    result = bench(smoke["run_dir"], docs_file=tmp_path / "docs" / "tflite_variants.md", runs=3)
     assert [r["variant"] for r in result["variants"]] == list(QUANTIZE_VARIANTS)
     for row in result["variants"]:
         assert row["size_bytes"] == (smoke["run_dir"] / row["file"]).stat().st_size
