@@ -7,14 +7,47 @@ BIN := $(VENV)/bin
 CONFIG ?= configs/default.yaml
 SHARED_DATA := $(abspath ../shared/data/rps)
 
-.PHONY: install data train test bench tensorboard clean
+.PHONY: install lock data train test bench ablations stress tune tensorboard docs docker-build docker-train clean
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# Exact versions from requirements.lock (Python 3.11, Linux x86_64), then the package itself.
+$(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $@
+
+# Re-pin requirements.lock after a change to pyproject.toml's dependencies. pip-compile resolves
+# as pip installs (uv ignores upper bounds of Requires-Python), from plain PyPI: this machine's
+# pip.conf (local indexes, constraints) and PIP_FIND_LINKS are left out. Run it on Python 3.11.
+LOCK_VENV ?= .venv-lock
+lock:
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install --quiet --disable-pip-version-check 'pip-tools>=7.4,<8'
+	env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null CUSTOM_COMPILE_COMMAND="make lock" \
+		$(LOCK_VENV)/bin/pip-compile --quiet --extra test --strip-extras --allow-unsafe \
+		--index-url https://pypi.org/simple --no-emit-index-url --newline lf \
+		--output-file requirements.lock pyproject.toml
+
+# docs/configuration.md is generated from rps/config.py (tests/test_config_docs.py checks it).
+docs: install
+	$(BIN)/python -m rps.config_docs docs/configuration.md
+
+# Docker (docker/README.md): CPU or GPU image (DEVICE=gpu), training with the data and
+# saved_models/ mounted from here, so every run folder outlives the container.
+DEVICE ?= cpu
+IMAGE ?= rps:$(DEVICE)
+DOCKER_RUN_ARGS := --rm --user $$(id -u):$$(id -g) -e HOME=/tmp $(if $(filter gpu,$(DEVICE)),--gpus all)
+docker-build:
+	docker build -f docker/Dockerfile.$(DEVICE) -t $(IMAGE) .
+
+docker-train: data
+	mkdir -p saved_models
+	docker run $(DOCKER_RUN_ARGS) \
+		-v "$$(realpath data/rps)":/app/data/rps:ro \
+		-v "$(CURDIR)/saved_models":/app/saved_models \
+		$(IMAGE) rps train --config $(CONFIG)
 
 # data/rps: a link to ../shared/data/rps when it exists, else the official download (TFDS URLs,
 # checksums verified).
@@ -38,8 +71,25 @@ test: install data
 bench: install data
 	$(BIN)/rps bench --config $(CONFIG) --seeds 3 --docs docs/benchmarks.md
 
+# Crash safety (docs/reliability.md): 10 smoke runs SIGKILLed at random moments (seeded), each
+# rerun with the same command; reports how many end complete and valid (about 10 minutes).
+KILLS ?= 10
+stress: install data
+	$(BIN)/python scripts/stress_resume.py --kills $(KILLS) --data-root data/rps --docs docs/reliability.md
+
+# keras-tuner search (configs/tune.yaml: Hyperband on the default config, about 20 minutes);
+# `make tune RESUME=1` continues an interrupted search. Writes saved_models/tune-<name>/.
+TUNE ?= configs/tune.yaml
+tune: install data
+	$(BIN)/rps tune --config $(TUNE) $(if $(RESUME),--resume)
+
+# Every run (and tuning trial) under saved_models/, on this machine only.
+# What each choice buys: speed probes, then one full training per accuracy ablation (about 1 h).
+ablations: install data
+	$(BIN)/rps bench --config $(CONFIG) --ablations all --docs docs/benchmarks.md
+
 tensorboard: install
 	$(BIN)/tensorboard --logdir saved_models --host 127.0.0.1 --port 6006
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(LOCK_VENV) build *.egg-info .pytest_cache

@@ -301,3 +301,136 @@ def run_bench(cfg, out_dir: Path, seeds: list[int], reference_epochs: int,
     write_json(out_dir / "bench.json", result)
     write_atomic(out_dir / "bench.md", markdown_table(result))
     return result
+
+
+# What each choice of the default buys. Accuracy ablations train the full schedule once each
+# (one seed); speed ablations time two epochs of the training step each.
+ACCURACY_ABLATIONS = {
+    "default": [],
+    "no robustness augmentation (geometry + contrast only)": [
+        "augment.background=0", "augment.saturation=0", "augment.hue=0", "augment.blur=0",
+        "augment.noise=0", "augment.brightness=0"],
+    "no random background": ["augment.background=0"],
+    "no colour jitter (brightness, saturation, hue)": [
+        "augment.saturation=0", "augment.hue=0", "augment.brightness=0"],
+    "no blur or noise": ["augment.blur=0", "augment.noise=0"],
+    "zoom out 0.2 instead of 0.6": ["augment.zoom_out=0.2"],
+    "no augmentation at all": ["augment.enabled=false"],
+    "validation split by file instead of by hand": ["data.split_by=file"],
+    "RMSprop, constant learning rate 0.001": [
+        "train.optimizer=rmsprop", "train.schedule=constant", "train.learning_rate=0.001",
+        "train.warmup_epochs=0", "train.label_smoothing=0"],
+}
+SPEED_ABLATIONS = {
+    "default": [],
+    "no cache (decode every epoch)": ["data.cache=false"],
+    "no augmentation": ["augment.enabled=false"],
+    "augmentation inside the train step": ["@augment_in_model"],
+    "150x150 input": ["data.image_size=150"],
+    "seed_cnn architecture": ["model.name=seed_cnn"],
+    "mixed_bfloat16": ["train.mixed_precision=mixed_bfloat16"],
+    "XLA (jit_compile)": ["train.jit_compile=true"],
+}
+
+
+def train_throughput(cfg, splits, augment_in_model: bool = False, epochs: int = 2) -> float:
+    """Training images per second of the last of ``epochs`` epochs (no validation, no
+    callbacks but the timer): the cost of the train step plus the input pipeline.
+
+    Args:
+        augment_in_model: apply the augmentation layers inside the model (in the train step)
+            instead of in the ``tf.data`` pipeline.
+    """
+    from rps.augment import make_augment_layers, make_augmenter
+    from rps.data import make_train_dataset
+    from rps.models import build_model
+    from rps.train import compile_model
+
+    keras.utils.set_random_seed(cfg.seed)
+    keras.mixed_precision.set_global_policy(cfg.train.mixed_precision)
+    num_classes = len(splits.class_names)
+    augment = None if augment_in_model else make_augmenter(cfg.augment, cfg.seed)
+    dataset = make_train_dataset(splits.train, cfg, augment).map(
+        lambda x, y: (x, keras.ops.one_hot(y, num_classes)))
+    model = build_model(cfg.model, num_classes, cfg.data.image_size)
+    if augment_in_model:
+        inputs = keras.Input(model.input_shape[1:])
+        x = inputs
+        for layer in make_augment_layers(cfg.augment, cfg.seed):
+            x = layer(x)
+        model = keras.Model(inputs, model(x))
+    steps = len(splits.train) // cfg.data.global_batch_size
+    compile_model(model, cfg, steps)
+    times: list[float] = []
+    timer = keras.callbacks.LambdaCallback(
+        on_epoch_begin=lambda e, logs: times.append(time.perf_counter()),
+        on_epoch_end=lambda e, logs: times.append(time.perf_counter() - times.pop()))
+    model.fit(dataset, epochs=epochs, callbacks=[timer], verbose=0)
+    keras.mixed_precision.set_global_policy("float32")
+    return steps * cfg.data.global_batch_size / times[-1]
+
+
+def run_ablations(cfg, out_dir: Path, accuracy: bool = True, speed: bool = True) -> dict:
+    """Run the ablation tables (see ``ACCURACY_ABLATIONS`` and ``SPEED_ABLATIONS``) and write
+    ``ablations.json`` and ``ablations.md`` into ``out_dir``.
+
+    Returns:
+        ``{"accuracy": {name: race result}, "speed": {name: images per second}}``.
+    """
+    from rps.config import build_config, to_dict
+    from rps.data import load_splits
+    from rps.runs import write_atomic, write_json
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    base = to_dict(cfg)
+    result: dict = {"accuracy": {}, "speed": {}}
+    for i, (name, overrides) in enumerate(SPEED_ABLATIONS.items() if speed else []):
+        variant = build_config(base, [o for o in overrides if not o.startswith("@")])
+        splits = load_splits(variant.data, variant.seed)
+        result["speed"][name] = train_throughput(variant, splits, "@augment_in_model" in overrides)
+    for i, (name, overrides) in enumerate(ACCURACY_ABLATIONS.items() if accuracy else []):
+        variant = build_config(base, overrides)
+        record = race(variant, out_dir / f"ablation-{i}")
+        result["accuracy"][name] = {k: record[k] for k in (
+            "test_accuracy", "validation_folder_accuracy", "time_to_98", "train_seconds")}
+        result["accuracy"][name]["overrides"] = overrides
+        write_json(out_dir / "ablations.json", result)  # partial results survive a stop
+    write_json(out_dir / "ablations.json", result)
+    write_atomic(out_dir / "ablations.md", ablation_markdown(result))
+    return result
+
+
+def ablation_markdown(result: dict) -> str:
+    """The ablation tables as markdown."""
+    lines = []
+    if result["speed"]:
+        base = result["speed"].get("default")
+        lines += ["| speed ablation | training images/s | vs default |", "|---|---|---|"]
+        lines += [f"| {name} | {ips:.0f} | {ips / base:.2f}x |" for name, ips in result["speed"].items()]
+        lines.append("")
+    if result["accuracy"]:
+        lines += ["| accuracy ablation (1 seed) | test top-1 | validation/ top-1 | "
+                  "time to 98% test (s) | training time (s) |", "|---|---|---|---|---|"]
+        for name, r in result["accuracy"].items():
+            lines.append(f"| {name} | {r['test_accuracy']:.4f} | {_fmt(r['validation_folder_accuracy'])} | "
+                         f"{_fmt(r['time_to_98'], '{:.0f}')} | {r['train_seconds']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_benchmarks_doc(out_dir: Path, docs_file: str | Path) -> Path:
+    """Write ``docs_file`` (``docs/benchmarks.md``) from the latest ``bench.md`` and
+    ``ablations.md`` of ``out_dir`` (whichever exist), atomically."""
+    from rps.runs import write_atomic
+
+    out_dir = Path(out_dir)
+    parts = ["# Benchmarks", "",
+             "Written by `make bench` (`rps bench`, the race against the seed recipe) and "
+             "`make ablations` (`rps bench --ablations all`). Every number is in `bench.json` and "
+             "`ablations.json` of the bench folder; nothing here is typed in by hand.", ""]
+    if (out_dir / "bench.md").is_file():
+        parts += ["## Race to 98% test accuracy, and accuracy over seeds", "",
+                  (out_dir / "bench.md").read_text()]
+    if (out_dir / "ablations.md").is_file():
+        parts += ["## Ablations: what each choice buys", "", (out_dir / "ablations.md").read_text()]
+    return write_atomic(docs_file, "\n".join(parts))

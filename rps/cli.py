@@ -188,28 +188,55 @@ def cmd_bench_export(args) -> int:
 def cmd_bench(args) -> int:
     if args.export:
         return cmd_bench_export(args)
-    from rps.bench import run_bench
-    from rps.runs import write_atomic
+    from rps.bench import run_ablations, run_bench, write_benchmarks_doc
 
     cfg = _config(args)
     out_dir = Path(args.out or Path(cfg.output_dir) / f"bench-{cfg.run_name}")
-    seeds = [cfg.seed + i for i in range(args.seeds)]
-    result = run_bench(cfg, out_dir, seeds, args.reference_epochs,
-                       config_path=args.config or DEFAULT_CONFIG, overrides=args.overrides)
-    table = (out_dir / "bench.md").read_text()
+    if args.ablations:
+        run_ablations(cfg, out_dir, accuracy=args.ablations in ("accuracy", "all"),
+                      speed=args.ablations in ("speed", "all"))
+        print((out_dir / "ablations.md").read_text())
+    else:
+        seeds = [cfg.seed + i for i in range(args.seeds)]
+        run_bench(cfg, out_dir, seeds, args.reference_epochs,
+                  config_path=args.config or DEFAULT_CONFIG, overrides=args.overrides)
+        print((out_dir / "bench.md").read_text())
     if args.docs:
-        write_atomic(args.docs, "# Benchmarks\n\nWritten by `make bench` (`rps bench`); "
-                     "see bench.json in the bench folder for every number.\n\n" + table)
-    print(table)
-    print(f"results: {out_dir / 'bench.json'}, {out_dir / 'bench.md'}"
-          + (f", {args.docs}" if args.docs else ""))
-    return 0 if result["ours"] else 1
+        write_benchmarks_doc(out_dir, args.docs)
+    print(f"results in {out_dir}" + (f"; table in {args.docs}" if args.docs else ""))
+    return 0
 
 
 def cmd_download(args) -> int:
     from rps.download import main as download_main
 
     return download_main(["--to", args.to, "--source", args.source])
+
+
+def format_data_report(report: dict) -> str:
+    """``rps check-data``'s text: one line per split, then the warnings and errors, then the
+    verdict and the command to run next."""
+    lines = [f"data folder: {report['root']} (classes: {', '.join(report['class_names']) or '-'})"]
+    for split, summary in report["splits"].items():
+        per_class = ", ".join(f"{k} {v}" for k, v in summary["per_class"].items())
+        lines.append(f"  {split:>10}: {summary['images']} usable image(s) ({per_class}), "
+                     f"{summary['bad']} bad")
+    for kind in ("warnings", "errors"):
+        if report[kind]:
+            lines.append(f"{kind} ({len(report[kind])}):")
+            lines += [f"  - {item}".replace("\n", "\n    ") for item in report[kind]]
+    lines.append(f"usable: yes\nnext: rps train data.root={report['root']}" if report["usable"]
+                 else "usable: no; fix the errors above (or see the data.* keys they name)")
+    return "\n".join(lines)
+
+
+def cmd_check_data(args) -> int:
+    from rps.data import check_folder
+
+    cfg = _config(args)
+    report = check_folder(args.folder, cfg.data)
+    print(json.dumps(report, indent=2) if args.json else format_data_report(report))
+    return 0 if report["usable"] else 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -268,6 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="epochs of the seed recipe reference (default 25 as published; 0 skips)")
     p.add_argument("--out", help="results folder (default <output_dir>/bench-<run_name>)")
     p.add_argument("--docs", help="also write the markdown table to this file")
+    p.add_argument("--ablations", choices=("accuracy", "speed", "all"),
+                   help="run the ablation tables instead of the seed race")
     p.add_argument("--export", metavar="RUN_DIR",
                    help="instead of the training race: size, accuracy (LiteRT and MediaPipe) and "
                         "latency table of a run's TFLite variants (--docs default: "
@@ -277,6 +306,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", default="data/rps", help="destination folder (default: data/rps)")
     p.add_argument("--source", choices=("zips", "tfds"), default="zips")
     p.set_defaults(func=cmd_download)
+    p = with_config(verbs.add_parser(
+        "check-data", help="check an image folder (layout, every file, train/test duplicates); "
+                           "exit status 0 when rps train would accept it, 2 otherwise"))
+    p.add_argument("folder", help="data root holding train/<label>/ (and test/, validation/)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_check_data)
     return parser
 
 
@@ -285,17 +320,27 @@ def main(argv: list[str] | None = None) -> int:
     print one clear message and exit with status 2; no traceback."""
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # parse_known_args, then the key=value leftovers: argparse stops filling a nargs="*"
+    # positional at the first flag, so `rps train a=1 --quiet b=2` would leave b=2 unparsed.
+    args, extra = parser.parse_known_args(argv)
+    if extra and (not hasattr(args, "overrides") or any("=" not in e or e.startswith("-")
+                                                        for e in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide TensorFlow's C++ info lines
-    setup_output(getattr(args, "log_format", None) or "text", args.verbose)
+    mode = getattr(args, "log_format", None) or "text"
+    setup_output(mode, args.verbose)
     # Text mode: log lines are written above any tqdm progress bar instead of through it.
-    redirect = logging_redirect_tqdm() if (getattr(args, "log_format", None) or "text") == "text" \
-        else contextlib.nullcontext()
+    redirect = logging_redirect_tqdm() if mode == "text" else contextlib.nullcontext()
     try:
         with redirect:
             return args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError) as err:
         print(f"rps {args.verb}: error: {err}", file=sys.stderr)
+        if getattr(args, "log_format", None) == "json":
+            print(json.dumps({"event": "error", "verb": args.verb, "message": str(err)}), flush=True)
         return 2
 
 

@@ -44,7 +44,10 @@ class DataConfig:
         skip_bad_images: ``False`` stops on any unreadable image with a list of them;
             ``True`` skips them with a warning that lists them.
         max_image_pixels: images with more pixels than this are refused before decoding
-            (a decompression-bomb guard).
+            (a decompression-bomb guard; read from the file header).
+        allow_duplicates: ``False`` stops when a held-out image (``test/``, ``validation/``)
+            has the same content (SHA-256) as a ``train/`` image, listing the pairs;
+            ``True`` only warns (the held-out accuracy is then optimistic).
     """
 
     source: str = "folder"
@@ -59,6 +62,7 @@ class DataConfig:
     cache: bool = True
     skip_bad_images: bool = False
     max_image_pixels: int = 50_000_000
+    allow_duplicates: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +78,23 @@ class AugmentConfig:
     factor of ``RandomGaussianBlur``, ``noise`` the standard deviation of Gaussian pixel noise
     (pixels, 0-255 scale), ``background`` the share of images whose white background is
     replaced by a random texture (``rps.augment.RandomBackground``). ``0`` switches one off.
+
+    Attributes:
+        enabled: apply augmentation at all (``False``: training images as they are).
+        horizontal_flip: random left-right flips.
+        vertical_flip: random up-down flips.
+        rotation: largest rotation, a fraction of a full turn (0.1 = +/-36 degrees).
+        zoom_in: largest zoom in, a fraction of the image side.
+        zoom_out: largest zoom out, a fraction of the image side.
+        translation: largest shift, a fraction of the image side.
+        contrast: ``RandomContrast`` factor.
+        brightness: ``RandomBrightness`` factor.
+        aspect: extra zoom range of the width alone (aspect-ratio changes).
+        saturation: ``RandomSaturation`` factor.
+        hue: ``RandomHue`` factor.
+        blur: ``RandomGaussianBlur`` factor.
+        noise: standard deviation of Gaussian pixel noise (pixels, 0-255 scale).
+        background: share of images whose white background is replaced by a random texture.
     """
 
     enabled: bool = True
@@ -243,7 +264,16 @@ class Config:
     ``<output_dir>/<run_name>``; ``log_format`` is what the console shows: ``text`` (Keras and
     tqdm progress bars, log lines), ``json`` (one JSON object per line on stdout: each epoch,
     each tuning trial, the final result) or ``quiet`` (errors only). ``log_format`` does not take
-    part in config equality, so an interrupted run resumes under any format."""
+    part in config equality, so an interrupted run resumes under any format.
+
+    Attributes:
+        seed: drives every random choice (split, shuffling, augmentation, initialisation).
+        run_name: name of the run folder ``<output_dir>/<run_name>`` (a second run of the same
+            name gets ``<run_name>-2``).
+        output_dir: folder that holds the run folders and the ``latest`` link.
+        log_format: console output: ``text`` (progress bars, log lines), ``json`` (one JSON
+            object per line on stdout) or ``quiet`` (errors only).
+    """
 
     seed: int = 42
     run_name: str = "default"
@@ -264,6 +294,11 @@ CHOICES = {
     "train.mixed_precision": ("float32", "mixed_bfloat16", "mixed_float16"),
     "log_format": ("text", "json", "quiet"),
 }
+
+
+# Pillow refuses to open images above 2 * PIL.Image.MAX_IMAGE_PIXELS (its decompression-bomb
+# error), so data.max_image_pixels cannot usefully be larger.
+PILLOW_MAX_PIXELS = 2 * (1024 * 1024 * 1024 // 4 // 3)
 
 
 class ConfigError(ValueError):
@@ -355,7 +390,8 @@ def _check(cfg: Config) -> None:
          "strictly between 0 and 1"),
         ("data.global_batch_size", cfg.data.global_batch_size >= 1, "an integer >= 1"),
         ("data.max_images_per_class", cfg.data.max_images_per_class >= 0, ">= 0 (0 means all)"),
-        ("data.max_image_pixels", cfg.data.max_image_pixels >= 1, "an integer >= 1"),
+        ("data.max_image_pixels", 1 <= cfg.data.max_image_pixels <= PILLOW_MAX_PIXELS,
+         f"between 1 and {PILLOW_MAX_PIXELS} (Pillow's own decompression-bomb limit)"),
         ("augment.rotation", 0.0 <= cfg.augment.rotation <= 0.5, "between 0 and 0.5 turns"),
         ("augment.zoom_in", 0.0 <= cfg.augment.zoom_in < 1.0, "in [0, 1)"),
         ("augment.zoom_out", 0.0 <= cfg.augment.zoom_out <= 2.0, "in [0, 2]"),

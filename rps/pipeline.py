@@ -86,8 +86,8 @@ def plot_samples(run_dir: Path, cfg: Config, splits: Splits, model: keras.Model)
     plot_misclassified(images.astype(np.uint8), labels, probabilities, list(splits.class_names),
                        run_dir / f"misclassified_{split.name}.png", f"keras on {split.name}")
     preview = sample_images(splits.train, cfg.data.image_size)
-    plot_augmentation_preview(preview, augment_draws(preview, make_augmenter(cfg.augment, cfg.seed)),
-                              run_dir / "augmentation_preview.png")
+    draws = augment_draws(preview, make_augmenter(cfg.augment, cfg.seed))
+    plot_augmentation_preview(preview, draws, run_dir / "augmentation_preview.png")
 
 
 def evaluate_run_mediapipe(run_dir: Path, cfg: Config, splits: Splits) -> dict:
@@ -136,10 +136,12 @@ def run(cfg: Config, argv: list[str] | None = None) -> Path:
     Returns:
         The complete run folder.
     """
+    strategy = make_strategy(cfg.train)  # first: it may split the CPU into logical devices
+    # The data is checked before the run folder exists, so a missing or bad data folder leaves
+    # no half-made run behind.
+    splits = load_splits(cfg.data, cfg.seed)
     run_dir, resumed = open_run_dir(cfg)
     log.info("%s run folder %s", "resuming" if resumed else "new", run_dir)
-    strategy = make_strategy(cfg.train)  # first: it may split the CPU into logical devices
-    splits = load_splits(cfg.data, cfg.seed)
     info = {"command": argv if argv is not None else sys.argv, "resumed": resumed,
             "versions": library_versions(), "data_fingerprint": splits.fingerprint,
             "class_names": list(splits.class_names),
@@ -148,7 +150,7 @@ def run(cfg: Config, argv: list[str] | None = None) -> Path:
             "num_replicas": strategy.num_replicas_in_sync}
     write_json(run_dir / "run_info.json", info)
 
-    result = train(cfg, splits, run_dir, strategy)
+    result = train(cfg, splits, run_dir, strategy, reuse_finished=True)
     model = inference_model(result.model, cfg, len(splits.class_names))
     check, _ = collect(make_eval_dataset(splits.val, cfg.data, cache=False).take(1))
     export_model(model, run_dir, splits.class_names, check[:cfg.export.check_images],

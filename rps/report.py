@@ -1,4 +1,5 @@
-"""The run report: ``report.md``, a model card written from what the run folder holds.
+"""The run report: ``report.md``, a model card written from what the run folder holds (and
+the Markdown/CSV leaderboard of ``rps tune``).
 
 Usage: ``write_report(run_dir)`` (the pipeline calls it after evaluation, before ``COMPLETE``).
 
@@ -11,6 +12,8 @@ exports, plots, how to reproduce, config and library versions.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from pathlib import Path
 
@@ -65,9 +68,28 @@ def _accuracy(metrics: dict, split: str, key: str) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
-def _table(header: list[str], rows: list[list]) -> list[str]:
+def markdown_table(header: list[str], rows: list[list]) -> list[str]:
+    """A Markdown table's lines; floats are shown with 4 significant digits."""
+    show = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return lines + ["| " + " | ".join(show(c) for c in row) + " |" for row in rows]
+
+
+def write_leaderboard(rows: list[dict], out_dir: Path, title: str) -> Path:
+    """Write a search's leaderboard as ``leaderboard.csv`` (every value as recorded) and
+    ``leaderboard.md`` (a table under ``# title``); ``rows`` share their keys, best first.
+
+    Returns:
+        The path of ``leaderboard.md``.
+    """
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(Path(out_dir) / "leaderboard.csv", buffer.getvalue())
+    table = markdown_table(list(rows[0]), [list(r.values()) for r in rows])
+    return write_atomic(Path(out_dir) / "leaderboard.md",
+                        f"# {title}\n\n" + "\n".join(table) + "\n")
 
 
 def _summary(cfg: dict, info: dict, metrics: dict) -> list[str]:
@@ -81,8 +103,8 @@ def _summary(cfg: dict, info: dict, metrics: dict) -> list[str]:
              f"image (raw pixels 0-255) as one of {len(classes)} classes: {', '.join(classes)}. "
              "It outputs one probability per class, in the order of `labels.txt`."]
     if test:
-        lines.append(f"Top-1 accuracy of the Keras model on the held-out test split: "
-                     f"**{test['top1_accuracy']:.4f}** ({test['num_images']} images).")
+        lines += ["", f"Top-1 accuracy of the Keras model on the held-out test split: "
+                  f"**{test['top1_accuracy']:.4f}** ({test['num_images']} images)."]
     return lines + [""]
 
 
@@ -115,7 +137,7 @@ def _data(cfg: dict, info: dict) -> list[str]:
              "the checkpoint. `test/` was read only for the final evaluation.", "",
              f"Data fingerprint (SHA-256 over every file's path and content): "
              f"`{info.get('data_fingerprint', '?')}`", ""]
-            + _table(["split", "images"], rows) + [""])
+            + markdown_table(["split", "images"], rows) + [""])
 
 
 def _training(run_dir: Path, cfg: dict, info: dict, metrics: dict) -> list[str]:
@@ -130,7 +152,7 @@ def _training(run_dir: Path, cfg: dict, info: dict, metrics: dict) -> list[str]:
     history = read_history(history_csv) if history_csv.is_file() else {}
     if history.get("epoch"):
         keys = [k for k in ("accuracy", "loss", "val_accuracy", "val_loss") if k in history]
-        lines += _table(["epochs"] + keys, [[len(history["epoch"])]
+        lines += markdown_table(["epochs"] + keys, [[len(history["epoch"])]
                                              + [f"{history[k][-1]:.4f}" for k in keys]])
         lines += ["", "Values of the last epoch; the exported weights are those of the epoch "
                   "with the lowest validation loss.", ""]
@@ -144,11 +166,11 @@ def _metrics(metrics: dict) -> list[str]:
             agreement = f"{m['agreement']:.4f}" if "agreement" in m else "-"
             rows.append([split, artifact, m.get("num_images", "?"),
                          f"{m['top1_accuracy']:.4f}", agreement])
-    lines = ["## Metrics", ""] + _table(
+    lines = ["## Metrics", ""] + markdown_table(
         ["split", "artifact", "images", "top-1 accuracy", "agreement with keras"], rows) + [""]
     per_class = metrics.get("test", {}).get("keras", {}).get("per_class", {})
     if per_class:
-        lines += ["Per class, Keras model on test/:", ""] + _table(
+        lines += ["Per class, Keras model on test/:", ""] + markdown_table(
             ["class", "precision", "recall", "images"],
             [[c, f"{v['precision']:.4f}", f"{v['recall']:.4f}", v["support"]]
              for c, v in per_class.items()]) + [""]
@@ -160,7 +182,7 @@ def _exports(run_dir: Path, metrics: dict) -> list[str]:
              _accuracy(metrics, "test", artifact_key(p)),
              _accuracy(metrics, "validation_folder", artifact_key(p))]
             for p in list_exports(run_dir)]
-    return ["## Exports", ""] + _table(
+    return ["## Exports", ""] + markdown_table(
         ["file", "size", "test top-1", "validation/ top-1"], rows) + [
         "", "`labels.txt` lists the classes in output order; every export takes raw RGB pixels "
         "0-255 and outputs probabilities.", ""]
@@ -180,7 +202,7 @@ def _reproduce(run_dir: Path, cfg: dict, info: dict) -> list[str]:
              "```", "", "Command of this run: `" + " ".join(map(str, info.get("command", []))) + "`",
              "", "## Config", "", "```yaml", yaml.safe_dump(cfg, sort_keys=False).rstrip(), "```",
              "", "## Library versions", ""]
-            + _table(["library", "version"], [[k, v] for k, v in versions.items()]) + [""])
+            + markdown_table(["library", "version"], [[k, v] for k, v in versions.items()]) + [""])
 
 
 def write_report(run_dir: str | Path) -> Path:
@@ -199,7 +221,8 @@ def write_report(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     config_yaml = run_dir / "config.yaml"
     if not config_yaml.is_file():
-        raise FileNotFoundError(f"no config.yaml in {run_dir}: not a run folder (rps train makes one).")
+        raise FileNotFoundError(
+            f"no config.yaml in {run_dir}: not a run folder (rps train makes one).")
     cfg = yaml.safe_load(config_yaml.read_text()) or {}
     info, metrics = _read_json(run_dir / "run_info.json"), _read_json(run_dir / "metrics.json")
     lines = (_summary(cfg, info, metrics) + _intended_use(info) + _data(cfg, info)

@@ -9,8 +9,9 @@ Layout of ``<run_dir>/logs`` (one TensorBoard run per folder): ``train/`` (Keras
 ``epoch_*`` and ``batch_*``, ``batch_learning_rate``, the model graph, weight histograms, the
 profiler trace under ``plugins/profile``, the image ``augmented_training_samples``),
 ``validation/`` (``epoch_*`` and the image ``confusion_matrix``), and the folder itself (the
-HParams session and ``final/*`` scalars). Summaries API: https://www.tensorflow.org/api_docs/python/tf/summary ;
-HParams: https://www.tensorflow.org/tensorboard/hyperparameter_tuning_with_hparams .
+HParams session and ``final/*`` scalars). Summaries API:
+https://www.tensorflow.org/api_docs/python/tf/summary ; HParams:
+https://www.tensorflow.org/tensorboard/hyperparameter_tuning_with_hparams .
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ def sample_images(split: ImageSplit, image_size: int, per_class: int = 2) -> np.
     """The first ``per_class`` images of each class of ``split`` (files in sorted order, so the
     same images every run): ``uint8 [N, S, S, 3]`` with ``N <= per_class * num_classes``."""
     labels = np.asarray(split.labels)
-    picks = [i for c in range(len(split.class_names)) for i in np.flatnonzero(labels == c)[:per_class]]
+    picks = [i for c in range(len(split.class_names))
+             for i in np.flatnonzero(labels == c)[:per_class]]
     if not picks:
         return np.zeros((0, image_size, image_size, 3), np.uint8)
     ds = make_image_dataset(split.subset(split.name, np.asarray(picks)), image_size)
@@ -120,7 +122,8 @@ class ImageSummaries(keras.callbacks.Callback):
         if not len(self.preview):
             return
         # Each row: the original image, then four random draws of the training augmentation.
-        rows = np.concatenate([self.preview[:, None], augment_draws(self.preview, self.augment_fn)], 1)
+        draws = augment_draws(self.preview, self.augment_fn)
+        rows = np.concatenate([self.preview[:, None], draws], 1)
         self._write("train", "augmented_training_samples", image_grid(rows)[None], 0,
                     "Each row: the original, then 4 random draws of the training augmentation.")
 

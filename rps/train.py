@@ -26,6 +26,7 @@ from rps.augment import make_augmenter
 from rps.config import Config, TrainConfig, parse_profile_batches
 from rps.data import Splits, make_eval_dataset, make_train_dataset
 from rps.models import build_model
+from rps.runs import FINAL_WEIGHTS, HISTORY_FILE, FinishedTraining, prepare_resume, read_history
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,8 @@ def _print_epoch_json(epoch: int, logs: dict | None) -> None:
 
 
 def make_callbacks(cfg: Config, run_dir: Path, splits: Splits | None = None,
-                   tuning: bool = False) -> list[keras.callbacks.Callback]:
+                   tuning: bool = False,
+                   best_val_loss: float | None = None) -> list[keras.callbacks.Callback]:
     """All callbacks of a run, Keras built-ins where possible.
 
     BackupAndRestore (resume an interrupted run), best checkpoint on validation loss, CSV
@@ -122,6 +124,8 @@ def make_callbacks(cfg: Config, run_dir: Path, splits: Splits | None = None,
             (``None``: no image summaries).
         tuning: only what a keras-tuner trial can use (epoch scalars, JSON lines): keras-tuner
             checkpoints trials itself and gives each trial its own TensorBoard folder and HParams.
+        best_val_loss: validation loss of the existing ``best.weights.h5`` of a resumed run
+            (``rps.runs.prepare_resume``): only a better epoch replaces it. ``None``: fresh run.
 
     Returns:
         The callbacks, in the order Keras should call them.
@@ -135,11 +139,17 @@ def make_callbacks(cfg: Config, run_dir: Path, splits: Splits | None = None,
         return [keras.callbacks.TensorBoard(log_dir=str(logs), write_graph=False)] + callbacks
     checkpoints = run_dir / "checkpoints"
     callbacks += [
-        # Saves the full training state each epoch; the same command resumes from it.
-        keras.callbacks.BackupAndRestore(str(checkpoints / "backup")),
-        keras.callbacks.ModelCheckpoint(str(checkpoints / "best.weights.h5"), monitor="val_loss",
-                                        save_best_only=True, save_weights_only=True),
+        # The history row and best checkpoint of an epoch are written before its backup, so a
+        # kill between them leaves rows that rps.runs.prepare_resume trims, never a gap.
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
+        keras.callbacks.ModelCheckpoint(str(checkpoints / "best.weights.h5"), monitor="val_loss",
+                                        save_best_only=True, save_weights_only=True,
+                                        initial_value_threshold=best_val_loss),
+        # Saves the full training state each epoch; the same command resumes from it. The
+        # previous epoch's copy is kept in case a kill cuts the latest one short; train()
+        # deletes the state once training has finished and its result is saved.
+        keras.callbacks.BackupAndRestore(str(checkpoints / "backup"), double_checkpoint=True,
+                                         delete_checkpoint=False),
         # update_freq stays "epoch": see rps.tensorboard.BatchScalars for the step scalars.
         keras.callbacks.TensorBoard(
             log_dir=str(logs), write_graph=True, histogram_freq=train_cfg.histogram_freq,
@@ -206,7 +216,8 @@ def compile_model(model: keras.Model, cfg: Config, steps_per_epoch: int) -> kera
 
 def train(cfg: Config, splits: Splits, run_dir: Path,
           strategy: tf.distribute.Strategy | None = None,
-          extra_callbacks: list[keras.callbacks.Callback] = ()) -> TrainResult:
+          extra_callbacks: list[keras.callbacks.Callback] = (),
+          reuse_finished: bool = False) -> TrainResult:
     """Train the configured model on ``splits.train``, validating on ``splits.val``.
 
     ``splits.test`` is never read here.
@@ -217,9 +228,17 @@ def train(cfg: Config, splits: Splits, run_dir: Path,
         run_dir: the run folder; logs, checkpoints and ``history.csv`` go there.
         strategy: a distribution strategy (default: ``make_strategy(cfg.train)``).
         extra_callbacks: more Keras callbacks (the benchmark's timer, the tuner's).
+        reuse_finished: when an earlier call trained this run folder to the end (and the
+            process was then killed, e.g. during export), load its result instead of training
+            again (``rps.runs.FinishedTraining``; what the pipeline asks for).
+
+    An interrupted run resumes at the epoch after its last backup (``rps.runs.prepare_resume``);
+    the resumed run is not bit-identical to an uninterrupted one (the data order and
+    augmentation draws restart from the seed), but it trains each epoch once.
 
     Returns:
-        A ``TrainResult`` whose model holds the best weights by validation loss.
+        A ``TrainResult`` whose model holds the best weights by validation loss, and whose
+        history covers every epoch of the run, resumed ones included.
     """
     strategy = strategy or make_strategy(cfg.train)
     keras.utils.set_random_seed(cfg.seed)
@@ -236,12 +255,24 @@ def train(cfg: Config, splits: Splits, run_dir: Path,
     with strategy.scope():
         model = compile_model(build_model(cfg.model, num_classes, cfg.data.image_size), cfg,
                               steps_per_epoch)
+    finished = FinishedTraining.load(run_dir) if reuse_finished else None
+    if finished is not None:
+        log.info("training of %s had finished; reusing its weights", run_dir)
+        model.load_weights(str(run_dir / FINAL_WEIGHTS))
+        return TrainResult(model, finished.history, finished.train_seconds, replicas)
+    resume = prepare_resume(run_dir)
     start = time.perf_counter()
     history = model.fit(train_ds, validation_data=val_ds, epochs=cfg.train.epochs,
-                        callbacks=make_callbacks(cfg, run_dir, splits) + list(extra_callbacks),
+                        callbacks=make_callbacks(cfg, run_dir, splits,
+                                                 best_val_loss=resume.best_val_loss)
+                        + list(extra_callbacks),
                         verbose=fit_verbose(cfg))
     seconds = time.perf_counter() - start
     best = run_dir / "checkpoints" / "best.weights.h5"
     if best.is_file():
         model.load_weights(str(best))
-    return TrainResult(model, dict(history.history), seconds, replicas)
+    logged = dict(history.history)
+    if resume.epoch:  # fit only saw the resumed epochs; history.csv has them all
+        logged = {k: v for k, v in read_history(run_dir / HISTORY_FILE).items() if k != "epoch"}
+    FinishedTraining(logged, seconds).save(run_dir, model)
+    return TrainResult(model, logged, seconds, replicas)

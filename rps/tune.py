@@ -11,7 +11,8 @@ Bayesian optimisation), ``objective``, ``max_epochs``, ``max_trials``, ``factor`
 ``hyperband_iterations``). Every trial's config is built with ``rps.config.build_config``, so it
 gets the same validation as ``rps train``; its model is built and compiled under the run's
 distribution strategy with ``rps.models.build_model`` and ``rps.train.compile_model``, and it is
-scored on the validation split (carved from ``train/``) only: ``test/`` is never read.
+scored on the validation split (carved from ``train/``) only: no dataset is ever made from
+``test/`` (``load_splits`` only checks its files).
 keras-tuner: https://keras.io/keras_tuner/ .
 
 Outputs in ``<output_dir>/tune-<name>/``: ``keras_tuner/`` (keras-tuner's project: trials,
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import csv
 import dataclasses
 import difflib
 import io
@@ -43,6 +43,7 @@ from tqdm import tqdm
 from rps.config import Config, ConfigError, build_config, get, load_config, to_dict
 from rps.data import Splits, load_splits
 from rps.models import build_model
+from rps.report import write_leaderboard
 from rps.runs import write_atomic
 from rps.train import compile_model, make_callbacks, make_fit_datasets, make_strategy
 
@@ -85,19 +86,17 @@ def _error(where: str, message: str) -> ConfigError:
     return ConfigError(f"{where}: {message}")
 
 
-def _parse_range(key: str, spec: dict, kind: type, where: str) -> dict[str, Any]:
-    unknown = sorted(set(spec) - {"min", "max", "step", "sampling"})
-    if unknown or "min" not in spec or "max" not in spec:
+def _parse_range(key: str, spec: Any, kind: type, where: str) -> dict[str, Any]:
+    """``{min, max, step, sampling}`` of a numeric key, checked."""
+    if not isinstance(spec, dict) or set(spec) - {"min", "max", "step", "sampling"} \
+            or not {"min", "max"} <= set(spec) or kind not in (int, float):
         raise _error(where, f"search_space '{key}' = {spec!r}: expected a list of values, "
-                            "{values: [...]}, or {min: .., max: .., step: .., sampling: linear|log}.")
+                            "{values: [...]}, or for a number {min, max, step, sampling}.")
     low, high, step = spec["min"], spec["max"], spec.get("step")
-    numbers = [v for v in (low, high, step) if v is not None]
-    if kind not in (int, float) or not all(isinstance(v, (int, float)) for v in numbers):
-        raise _error(where, f"search_space '{key}': a range needs numbers and a numeric key, "
-                            f"got {spec!r} for a {kind.__name__} key; list the values instead.")
-    if kind is int and not all(isinstance(v, int) for v in numbers):
-        raise _error(where, f"search_space '{key}' is an integer key: min, max and step must be "
-                            f"integers, got {spec!r}.")
+    if not all(isinstance(v, kind if kind is int else (int, float)) and not isinstance(v, bool)
+               for v in (low, high, step) if v is not None):
+        raise _error(where, f"search_space '{key}' is an {kind.__name__} key: min, max and step "
+                            f"must be {kind.__name__}s, got {spec!r}.")
     sampling = spec.get("sampling", "linear")
     if sampling not in SAMPLINGS or not low < high or (sampling != "linear" and low <= 0):
         raise _error(where, f"search_space '{key}' = {spec!r}: expected min < max, sampling one "
@@ -116,7 +115,11 @@ def _parse_space(space: Any, base: Config, where: str) -> dict[str, dict[str, An
         if key in FIXED_KEYS:
             raise _error(where, f"search_space key '{key}' cannot be tuned (it decides what is "
                                 "scored or where results go); set it in the base config.")
-        base_value(base, key)  # an unknown key fails here, with the closest valid key
+        try:
+            kind = type(get(base, key))
+        except AttributeError:
+            build_config(to_dict(base), [f"{key}=0"])  # raises "unknown config key", with a hint
+            raise
         if isinstance(spec, dict) and "values" in spec:
             spec = spec["values"]
         if isinstance(spec, list):
@@ -124,23 +127,10 @@ def _parse_space(space: Any, base: Config, where: str) -> dict[str, dict[str, An
                 raise _error(where, f"search_space '{key}': the list of values is empty.")
             parsed[key] = {"values": list(spec)}
         else:
-            parsed[key] = _parse_range(key, spec, type(base_value(base, key)), where)
+            parsed[key] = _parse_range(key, spec, kind, where)
         for value in parsed[key].get("values", [parsed[key].get("min"), parsed[key].get("max")]):
             trial_config_values(base, {key: value})
     return parsed
-
-
-def base_value(base: Config, key: str) -> Any:
-    """The base config's value at dotted ``key``.
-
-    Raises:
-        ConfigError: unknown key, with the closest valid key.
-    """
-    try:
-        return get(base, key)
-    except AttributeError:
-        build_config(to_dict(base), [f"{key}=0"])  # raises the unknown-key message
-        raise
 
 
 def trial_config_values(base: Config, values: dict[str, Any], epochs: int | None = None) -> Config:
@@ -198,8 +188,8 @@ def load_tune_config(path: str | Path, overrides: list[str] = ()) -> TuneConfig:
         cfg = build_config(base, base_overrides)
     fields = {k: raw[k] for k in _SETTINGS if k in raw}
     fields.setdefault("name", cfg.run_name)
-    tune_cfg = TuneConfig(base=cfg, search_space=_parse_space(raw.get("search_space"), cfg, str(path)),
-                          **fields)
+    space = _parse_space(raw.get("search_space"), cfg, str(path))
+    tune_cfg = TuneConfig(base=cfg, search_space=space, **fields)
     _check_settings(tune_cfg, str(path))
     return tune_cfg
 
@@ -210,16 +200,15 @@ def _check_settings(t: TuneConfig, where: str) -> None:
     if t.objective not in OBJECTIVES:
         raise _error(where, f"objective = {t.objective!r}: choose one of {', '.join(OBJECTIVES)} "
                             "(the validation split; test/ is never used for tuning).")
-    rules = [("max_epochs", isinstance(t.max_epochs, int) and t.max_epochs >= 1, "an integer >= 1"),
-             ("max_trials", t.max_trials is None or (isinstance(t.max_trials, int) and t.max_trials >= 1),
-              "an integer >= 1, or null"),
-             ("factor", isinstance(t.factor, int) and t.factor >= 2, "an integer >= 2"),
-             ("hyperband_iterations", isinstance(t.hyperband_iterations, int)
-              and t.hyperband_iterations >= 1, "an integer >= 1"),
-             ("name", isinstance(t.name, str) and t.name and "/" not in t.name, "a folder name")]
-    for key, ok, expected in rules:
-        if not ok:
-            raise _error(where, f"{key} = {getattr(t, key)!r}: expected {expected}.")
+    minimum = {"max_epochs": 1, "max_trials": 1, "factor": 2, "hyperband_iterations": 1}
+    for key, low in minimum.items():
+        value = getattr(t, key)
+        if not (key == "max_trials" and value is None) and not (
+                isinstance(value, int) and not isinstance(value, bool) and value >= low):
+            raise _error(where, f"{key} = {value!r}: expected an integer >= {low}"
+                                + (", or null." if key == "max_trials" else "."))
+    if not isinstance(t.name, str) or not t.name or "/" in t.name:
+        raise _error(where, f"name = {t.name!r}: expected a folder name without '/'.")
     trial_config_values(t.base, {}, t.max_epochs)  # e.g. train.warmup_epochs < max_epochs
 
 
@@ -305,27 +294,28 @@ def make_tuner(tune_cfg: TuneConfig, hypermodel: RpsHyperModel, strategy, resume
                on_trial_done) -> keras_tuner.Tuner:
     """The keras-tuner tuner over ``hypermodel``; ``resume`` reloads the project
     (``overwrite=False``)."""
-    common = dict(objective=keras_tuner.Objective(tune_cfg.objective, OBJECTIVES[tune_cfg.objective]),
-                  seed=tune_cfg.base.seed, directory=str(tune_cfg.out_dir), project_name="keras_tuner",
+    t = tune_cfg
+    common = dict(objective=keras_tuner.Objective(t.objective, OBJECTIVES[t.objective]),
+                  seed=t.base.seed, directory=str(t.out_dir), project_name="keras_tuner",
                   overwrite=not resume, distribution_strategy=strategy, on_trial_done=on_trial_done)
     quiet = tune_cfg.base.log_format != "text"
     # keras-tuner prints "Reloading Tuner from ..." to stdout: keep stdout clean for JSON lines.
     with contextlib.redirect_stdout(io.StringIO() if quiet else sys.stdout):
         if tune_cfg.tuner == "bayesian":
-            return _tuner_class("bayesian")(hypermodel, max_trials=tune_cfg.max_trials or 10, **common)
-        tuner = _tuner_class("hyperband")(hypermodel, max_epochs=tune_cfg.max_epochs,
-                                          factor=tune_cfg.factor,
-                                          hyperband_iterations=tune_cfg.hyperband_iterations, **common)
+            return _tuner_class("bayesian")(hypermodel, max_trials=t.max_trials or 10, **common)
+        tuner = _tuner_class("hyperband")(hypermodel, max_epochs=t.max_epochs, factor=t.factor,
+                                          hyperband_iterations=t.hyperband_iterations, **common)
     # Hyperband takes no max_trials argument, but its Oracle stops at `oracle.max_trials`.
     tuner.oracle.max_trials = tune_cfg.max_trials
     return tuner
 
 
 def planned_trials(tune_cfg: TuneConfig) -> int:
-    """How many trials the search runs in full."""
+    """How many trials the whole search runs."""
     if tune_cfg.tuner == "bayesian":
         return tune_cfg.max_trials or 10
-    trials, _ = hyperband_budget(tune_cfg.max_epochs, tune_cfg.factor, tune_cfg.hyperband_iterations)
+    trials, _ = hyperband_budget(tune_cfg.max_epochs, tune_cfg.factor,
+                                 tune_cfg.hyperband_iterations)
     return min(trials, tune_cfg.max_trials or trials)
 
 
@@ -350,17 +340,8 @@ def leaderboard(tuner: keras_tuner.Tuner, tune_cfg: TuneConfig) -> list[dict[str
 def write_outputs(rows: list[dict[str, Any]], tune_cfg: TuneConfig, best: Config) -> Path:
     """Write ``leaderboard.csv``, ``leaderboard.md`` and ``best.yaml``; return ``best.yaml``."""
     out = tune_cfg.out_dir
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    write_atomic(out / "leaderboard.csv", buffer.getvalue())
-    header = list(rows[0])
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    show = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
-    lines += ["| " + " | ".join(show(r[h]) for h in header) + " |" for r in rows]
-    write_atomic(out / "leaderboard.md", f"# Leaderboard: tune-{tune_cfg.name} ({tune_cfg.tuner}, "
-                 f"{tune_cfg.objective} on the validation split)\n\n" + "\n".join(lines) + "\n")
+    write_leaderboard(rows, out, f"Leaderboard: tune-{tune_cfg.name} ({tune_cfg.tuner}, "
+                                 f"{tune_cfg.objective} on the validation split)")
     top = rows[0]
     values = to_dict(best)
     values.pop("log_format", None)
@@ -410,18 +391,19 @@ def _reporter(tune_cfg: TuneConfig, total: int):
         bar.update(1)
         if mode == "json":
             print(json.dumps({"event": "trial", "trial": trial.trial_id, "status": trial.status,
-                              tune_cfg.objective: score, "epochs": epochs, "values": values}), flush=True)
+                              tune_cfg.objective: score, "epochs": epochs, "values": values}),
+                  flush=True)
         elif mode == "text":
-            bar.write(f"trial {trial.trial_id}: {tune_cfg.objective} "
-                      f"{'failed' if score is None else f'{score:.4f}'} after {epochs} epochs {values}")
+            result = "failed" if score is None else f"{score:.4f}"
+            bar.write(f"trial {trial.trial_id}: {tune_cfg.objective} {result} after {epochs} "
+                      f"epochs {values}")
 
     return bar, report, keras.callbacks.LambdaCallback(on_epoch_end=show_epoch)
 
 
 @dataclasses.dataclass(frozen=True)
 class TuneResult:
-    """What ``run_search`` returns: the output folder, the leaderboard rows (best first) and
-    the path and config of the best trial."""
+    """``run_search``'s result: output folder, leaderboard rows (best first), best config."""
 
     out_dir: Path
     rows: list[dict[str, Any]]

@@ -48,3 +48,17 @@ def test_bench_cli_writes_results(tiny_root, tmp_path):
     assert result["pipeline"]["tf_data_images_per_second"] > 0
     assert "| rps seed 42 |" in (bench_dir / "bench.md").read_text()
     assert docs.read_text().startswith("# Benchmarks")
+
+
+def test_ablation_markdown_and_docs(tmp_path):
+    from rps.bench import ablation_markdown, write_benchmarks_doc
+
+    result = {"speed": {"default": 100.0, "no cache (decode every epoch)": 50.0},
+              "accuracy": {"default": {"test_accuracy": 0.99, "validation_folder_accuracy": 1.0,
+                                       "time_to_98": None, "train_seconds": 120.0}}}
+    table = ablation_markdown(result)
+    assert "| no cache (decode every epoch) | 50 | 0.50x |" in table
+    assert "| default | 0.9900 | 1.0000 | never | 120 |" in table
+    (tmp_path / "ablations.md").write_text(table)
+    doc = write_benchmarks_doc(tmp_path, tmp_path / "benchmarks.md").read_text()
+    assert doc.startswith("# Benchmarks") and "## Ablations" in doc and "## Race" not in doc
