@@ -34,7 +34,7 @@ lock:
 docs: install
 	$(BIN)/python -m rps.config_docs docs/configuration.md
 
-# Docker (docker/README.md): CPU or GPU image (DEVICE=gpu), training with the data and
+# Docker (docs/quickstart.md): CPU or GPU image (DEVICE=gpu), training with the data and
 # saved_models/ mounted from here, so every run folder outlives the container.
 DEVICE ?= cpu
 IMAGE ?= rps:$(DEVICE)

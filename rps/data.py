@@ -13,10 +13,8 @@ folder of the course notebooks, a second held-out check.
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import hashlib
-import io
 import logging
 import os
 import re
@@ -24,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
-from PIL import Image
 
 from rps.config import Config, DataConfig
+from rps.imagecheck import display_path, inspect_files, is_utf8
 from rps.preprocess import decode_and_resize
 
 log = logging.getLogger(__name__)
@@ -69,12 +67,23 @@ class Splits:
     fingerprint: str
 
 
+def _iterdir(folder: Path) -> list[Path]:
+    try:
+        return sorted(folder.iterdir())
+    except OSError as err:
+        raise ValueError(f"cannot list folder {display_path(folder)}: {err.strerror or err}. "
+                         f"Check that it exists and is readable.") from err
+
+
 def list_split(split_dir: str | Path, class_names: tuple[str, ...] | None = None,
                max_per_class: int = 0) -> ImageSplit:
     """List the image files of ``<split_dir>/<label>/*``.
 
-    Hidden files (``.DS_Store``) are ignored; other files without an image extension are
-    skipped with a warning that lists them.
+    Hidden files (``.DS_Store``) are ignored; other files without an image extension
+    (sub-folders included: the listing is one level deep, so symlinked folder loops are never
+    followed) are skipped with a warning that lists them. Entries with an image extension that
+    are not regular files (broken or looping symlinks) are kept, so that ``check_split``
+    reports them by name.
 
     Args:
         split_dir: folder holding one sub-folder per class.
@@ -87,15 +96,30 @@ def list_split(split_dir: str | Path, class_names: tuple[str, ...] | None = None
 
     Raises:
         FileNotFoundError: ``split_dir`` does not exist or is not a folder.
-        ValueError: no class folders, an empty class folder, or a class that ``train/`` lacks.
+        ValueError: no class folders, an empty class folder, a class folder name that is not
+            valid UTF-8, an unreadable folder, or a class that ``train/`` lacks.
     """
+    split, skipped = _list_split(split_dir, class_names, max_per_class)
+    if skipped:
+        log.warning("skipped %d non-image file(s) in %s: %s", len(skipped),
+                    display_path(split_dir), ", ".join(skipped[:20]))
+    return split
+
+
+def _list_split(split_dir: str | Path, class_names: tuple[str, ...] | None,
+                max_per_class: int) -> tuple[ImageSplit, list[str]]:
+    """``list_split`` without the warning: returns the split and the skipped non-image paths."""
     split_dir = Path(split_dir)
     if not split_dir.is_dir():
         raise FileNotFoundError(
             f"data folder not found: {split_dir}. Expected <root>/<split>/<label>/<image> "
             f"(run `make data`, or set data.root to your image folder)."
         )
-    found = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    found = sorted(p.name for p in _iterdir(split_dir) if p.is_dir() and not p.name.startswith("."))
+    bad_names = [display_path(name) for name in found if not is_utf8(name)]
+    if bad_names:
+        raise ValueError(f"{display_path(split_dir)} has class folder name(s) that are not valid "
+                         f"UTF-8: {bad_names}. Rename them (labels must be text).")
     if not found:
         raise ValueError(f"{split_dir} has no class sub-folders; expected {split_dir}/<label>/<image>.")
     if class_names is None:
@@ -109,12 +133,13 @@ def list_split(split_dir: str | Path, class_names: tuple[str, ...] | None = None
     paths, labels, skipped = [], [], []
     for label, name in enumerate(class_names):
         class_dir = split_dir / name
-        files = sorted(class_dir.iterdir()) if class_dir.is_dir() else []
+        files = _iterdir(class_dir) if class_dir.is_dir() else []
         images = []
         for f in files:
             if f.name.startswith("."):
                 continue
-            (images if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file() else skipped).append(f)
+            # is_dir() is False for a broken or looping symlink: it stays, and fails its check.
+            (images if f.suffix.lower() in IMAGE_EXTENSIONS and not f.is_dir() else skipped).append(f)
         if not images:
             raise ValueError(
                 f"class folder {class_dir} is empty or missing: every class needs at least one "
@@ -124,39 +149,8 @@ def list_split(split_dir: str | Path, class_names: tuple[str, ...] | None = None
             images = images[:max_per_class]
         paths += [str(f) for f in images]
         labels += [label] * len(images)
-    if skipped:
-        log.warning("skipped %d non-image file(s) in %s: %s", len(skipped), split_dir,
-                    ", ".join(str(s) for s in skipped[:20]))
-    return ImageSplit(split_dir.name, tuple(paths), tuple(labels), tuple(class_names))
-
-
-def check_image_file(path: str, max_pixels: int) -> str:
-    """Read one image file fully and check it decodes; return the SHA-256 of its bytes.
-
-    Raises:
-        ValueError: the file is empty, not an image, truncated, or larger than ``max_pixels``;
-            the message names the file and the reason.
-    """
-    try:
-        data = Path(path).read_bytes()
-    except OSError as err:
-        raise ValueError(f"{path}: cannot be read ({err.strerror or err})") from err
-    if not data:
-        raise ValueError(f"{path}: empty file (0 bytes)")
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            width, height = img.size
-            if width * height > max_pixels:
-                raise ValueError(f"{path}: {width}x{height} pixels exceeds data.max_image_pixels="
-                                 f"{max_pixels} (decompression-bomb guard)")
-            if img.mode == "CMYK":
-                raise ValueError(f"{path}: CMYK JPEG; convert it to RGB")
-            img.load()  # full decode: catches truncated files that a header check would miss
-    except ValueError:
-        raise
-    except Exception as err:  # PIL raises many types (OSError, SyntaxError, ...) for bad files.
-        raise ValueError(f"{path}: not a readable image ({type(err).__name__}: {err})") from err
-    return hashlib.sha256(data).hexdigest()
+    return (ImageSplit(split_dir.name, tuple(paths), tuple(labels), tuple(class_names)),
+            [display_path(f) for f in skipped])
 
 
 def check_split(split: ImageSplit, data_cfg: DataConfig) -> ImageSplit:
@@ -164,21 +158,13 @@ def check_split(split: ImageSplit, data_cfg: DataConfig) -> ImageSplit:
 
     Returns:
         The split with ``digests`` filled in; bad files removed when ``data_cfg.skip_bad_images``.
+        Files accepted with a caveat (animated GIFs) are listed in one warning.
 
     Raises:
         ValueError: some files are unreadable and ``skip_bad_images`` is false; the message lists
             each bad file with its reason.
     """
-    check = lambda p: check_image_file(p, data_cfg.max_image_pixels)  # noqa: E731
-    digests, bad = [], []
-    with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        futures = [pool.submit(check, p) for p in split.paths]
-        for future in futures:
-            try:
-                digests.append(future.result())
-            except ValueError as err:
-                digests.append(None)
-                bad.append(str(err))
+    digests, bad, notes = inspect_files(split.paths, data_cfg.max_image_pixels)
     if bad and not data_cfg.skip_bad_images:
         raise ValueError(
             f"{len(bad)} unreadable image(s) in split '{split.name}':\n  " + "\n  ".join(bad)
@@ -187,9 +173,60 @@ def check_split(split: ImageSplit, data_cfg: DataConfig) -> ImageSplit:
     if bad:
         log.warning("skipping %d unreadable image(s) in '%s':\n  %s", len(bad), split.name,
                     "\n  ".join(bad))
+    if notes:
+        log.warning("%d image(s) in '%s' used with a caveat:\n  %s", len(notes), split.name,
+                    "\n  ".join(notes))
     keep = np.array([i for i, d in enumerate(digests) if d is not None], dtype=np.int64)
     kept = split.subset(split.name, keep)
     return dataclasses.replace(kept, digests=tuple(digests[i] for i in keep))
+
+
+def find_duplicates(first: ImageSplit, second: ImageSplit | None = None) -> list[tuple[str, str]]:
+    """Files with identical content (same SHA-256 digest, so both splits must have been through
+    ``check_split``).
+
+    Args:
+        first: a checked split.
+        second: another checked split; ``None`` looks for duplicates inside ``first``.
+
+    Returns:
+        ``(path_in_first, path_in_other)`` pairs, sorted; empty when there are none.
+    """
+    seen: dict[str, str] = {}
+    pairs = []
+    for path, digest in zip(first.paths, first.digests):
+        if second is None and digest in seen:
+            pairs.append((seen[digest], path))
+        seen.setdefault(digest, path)
+    for path, digest in zip(second.paths if second else (), second.digests if second else ()):
+        if digest in seen:
+            pairs.append((seen[digest], path))
+    return sorted(pairs)
+
+
+def leak_message(train: ImageSplit, held_out: ImageSplit, pairs: list[tuple[str, str]]) -> str:
+    """The text that reports train/held-out duplicates (at most 20 pairs listed)."""
+    shown = "\n  ".join(f"{display_path(a)} == {display_path(b)}" for a, b in pairs[:20])
+    more = f"\n  ... and {len(pairs) - 20} more" if len(pairs) > 20 else ""
+    return (f"{len(pairs)} image(s) in '{held_out.name}' are byte-identical to '{train.name}' "
+            f"images (the held-out accuracy would be optimistic):\n  {shown}{more}\n"
+            f"Remove one file of each pair, or set data.allow_duplicates=true to only warn.")
+
+
+def check_leaks(train: ImageSplit, held_out: list[ImageSplit | None], data_cfg: DataConfig) -> None:
+    """Stop (or warn, with ``data.allow_duplicates``) when a held-out image is a copy of a
+    training image, compared by content hash.
+
+    Raises:
+        ValueError: duplicates found and ``data_cfg.allow_duplicates`` is false; the message
+            lists the pairs and how to fix them.
+    """
+    for split in held_out:
+        pairs = find_duplicates(train, split) if split is not None else []
+        if pairs and not data_cfg.allow_duplicates:
+            raise ValueError(leak_message(train, split, pairs))
+        if pairs:
+            log.warning("%s", leak_message(train, split, pairs))
 
 
 def stratified_split(labels: tuple[int, ...], fraction: float, seed: int,
@@ -285,6 +322,7 @@ def load_splits(data_cfg: DataConfig, seed: int) -> Splits:
         if (root / folder).is_dir():
             split = list_split(root / folder, class_names, data_cfg.max_images_per_class)
             optional[name] = dataclasses.replace(check_split(split, data_cfg), name=name)
+    check_leaks(full_train, list(optional.values()), data_cfg)
     used = [full_train] + [s for s in optional.values() if s is not None]
     return Splits(
         train=full_train.subset("train", train_idx),
@@ -294,6 +332,74 @@ def load_splits(data_cfg: DataConfig, seed: int) -> Splits:
         class_names=class_names,
         fingerprint=fingerprint(root, used),
     )
+
+
+def check_folder(root: str | Path, data_cfg: DataConfig) -> dict:
+    """Run every data check on an image folder and collect the findings instead of stopping at
+    the first one (what ``rps check-data`` prints).
+
+    Checks: the layout (``train/`` required; ``test/`` and ``validation/`` optional; class
+    folders, empty or extra classes), every file (``inspect_image``: empty, truncated, not an
+    image, unsupported format, CMYK, pixel limit, unreadable or non-UTF-8 name, symlink loops;
+    animated GIFs are noted), stray non-image files, and duplicates by content hash: a held-out
+    image equal to a training image is an error unless ``data.allow_duplicates``; duplicates
+    inside one split are warnings.
+
+    Args:
+        root: the data root, ``<root>/<split>/<label>/<image>``.
+        data_cfg: the data settings; ``max_image_pixels``, ``skip_bad_images`` (bad files are
+            then warnings, not errors), ``allow_duplicates`` and ``max_images_per_class`` apply.
+
+    Returns:
+        ``{"root": str, "usable": bool, "class_names": [str], "splits": {split: {"images": int,
+        "per_class": {label: int}, "bad": int}}, "warnings": [str], "errors": [str]}``;
+        ``usable`` is true when ``errors`` is empty, i.e. ``rps train`` would accept the folder.
+    """
+    root = Path(root)
+    report: dict = {"root": display_path(root), "usable": False, "class_names": [],
+                    "splits": {}, "warnings": [], "errors": []}
+    if not (root / "train").is_dir():
+        report["errors"].append(f"{display_path(root / 'train')}: folder not found; expected "
+                                f"<root>/train/<label>/<image>")
+        return report
+    checked: dict[str, ImageSplit] = {}
+    class_names = None
+    for folder in ("train", "test", "validation"):
+        if folder != "train" and not (root / folder).is_dir():
+            continue
+        try:
+            split, skipped = _list_split(root / folder, class_names, data_cfg.max_images_per_class)
+        except (ValueError, FileNotFoundError) as err:
+            report["errors"].append(str(err))
+            continue
+        class_names = class_names or split.class_names
+        if skipped:
+            report["warnings"].append(f"{folder}: {len(skipped)} non-image file(s) skipped: "
+                                      + ", ".join(skipped))
+        digests, bad, notes = inspect_files(split.paths, data_cfg.max_image_pixels)
+        (report["warnings"] if data_cfg.skip_bad_images else report["errors"]).extend(bad)
+        report["warnings"].extend(notes)
+        keep = np.array([i for i, d in enumerate(digests) if d is not None], dtype=np.int64)
+        split = dataclasses.replace(split.subset(folder, keep),
+                                    digests=tuple(digests[i] for i in keep))
+        checked[folder] = split
+        counts = np.bincount(np.asarray(split.labels, np.int64), minlength=len(split.class_names))
+        report["splits"][folder] = {"images": len(split), "bad": len(bad), "per_class": {
+            name: int(n) for name, n in zip(split.class_names, counts)}}
+        pairs = find_duplicates(split)
+        if pairs:
+            report["warnings"].append(f"{folder}: {len(pairs)} duplicate image(s) inside the "
+                                      f"split: " + ", ".join(f"{display_path(a)} == "
+                                                             f"{display_path(b)}" for a, b in pairs[:20]))
+    for folder in ("test", "validation"):
+        if "train" in checked and folder in checked:
+            pairs = find_duplicates(checked["train"], checked[folder])
+            if pairs:
+                target = report["warnings"] if data_cfg.allow_duplicates else report["errors"]
+                target.append(leak_message(checked["train"], checked[folder], pairs))
+    report["class_names"] = list(class_names or ())
+    report["usable"] = not report["errors"]
+    return report
 
 
 def make_image_dataset(split: ImageSplit, image_size: int) -> tf.data.Dataset:

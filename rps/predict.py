@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from rps.data import IMAGE_EXTENSIONS, check_image_file
+from rps.data import IMAGE_EXTENSIONS
+from rps.imagecheck import check_image_file
 from rps.preprocess import load_image
 
 LABELS_FILE = "labels.txt"

@@ -24,8 +24,10 @@ def decode_and_resize(contents: tf.Tensor, image_size: int) -> tf.Tensor:
     Works eagerly and inside ``tf.data.Dataset.map`` (graph mode).
 
     Args:
-        contents: scalar ``tf.string`` tensor with PNG, JPEG, GIF or BMP bytes (RGB, RGBA,
-            grayscale or palette; 8 or 16 bits per channel). Alpha is dropped; only the first
+        contents: scalar ``tf.string`` tensor with PNG, JPEG, GIF, BMP or WebP bytes (RGB,
+            RGBA, grayscale with or without alpha, or palette with or without transparency;
+            8 or 16 bits per channel: 16-bit values keep their high byte). Transparent pixels
+            are composited onto white, the background of the training renders; only the first
             frame of an animation is used.
         image_size: side of the square output, in pixels.
 
@@ -36,9 +38,27 @@ def decode_and_resize(contents: tf.Tensor, image_size: int) -> tf.Tensor:
         tf.errors.InvalidArgumentError: the bytes are not a decodable image. (The data module
             checks every file beforehand so that users get an error naming the file instead.)
     """
-    image = tf.io.decode_image(contents, channels=3, dtype=tf.uint8, expand_animations=False)
-    image.set_shape([None, None, 3])
-    return resize(image, image_size)
+    # channels=0 keeps the file's own channels (1 gray, 2 gray+alpha, 3 RGB, 4 RGBA; palettes
+    # come out as RGB or RGBA), so that alpha can be composited instead of dropped.
+    image = tf.io.decode_image(contents, channels=0, dtype=tf.uint8, expand_animations=False)
+    image.set_shape([None, None, None])
+    return resize(composite_on_white(image), image_size)
+
+
+def composite_on_white(image: tf.Tensor) -> tf.Tensor:
+    """Turn a decoded ``uint8 [H, W, C]`` image with C in 1-4 into ``float32 [H, W, 3]`` RGB
+    0-255 over a white background: ``rgb * alpha + 255 * (1 - alpha)``. Opaque pixels keep
+    their exact values, so opaque images give the same pixels as a plain RGB decode."""
+    pixels = tf.cast(image, tf.float32)
+    channels = tf.shape(pixels)[-1]
+    color = tf.cond(channels >= 3, lambda: pixels[..., :3],
+                    lambda: tf.tile(pixels[..., :1], [1, 1, 3]))
+    # An even channel count (2: gray + alpha, 4: RGBA) means the last channel is alpha.
+    alpha = tf.cond(tf.equal(channels % 2, 0), lambda: pixels[..., -1:] / 255.0,
+                    lambda: tf.ones_like(pixels[..., :1]))
+    rgb = color * alpha + 255.0 * (1.0 - alpha)
+    rgb.set_shape([None, None, 3])
+    return rgb
 
 
 def resize(image: tf.Tensor, image_size: int) -> tf.Tensor:

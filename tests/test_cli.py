@@ -54,6 +54,7 @@ def test_missing_data_folder_is_a_clear_error(tmp_path):
     assert out.returncode == 2
     assert f"data root not found: {tmp_path / 'nowhere'}" in out.stderr
     assert "Traceback" not in out.stderr
+    assert not (tmp_path / "smoke").exists()  # refused before a run folder is made
 
 
 def test_corrupt_image_is_a_clear_error(tiny_root, tmp_path):
