@@ -71,10 +71,12 @@ class AugmentConfig:
 
     Factors follow the Keras layers' conventions: ``rotation`` is a fraction of a full turn
     (0.1 = +/-36 degrees), ``zoom_in`` and ``zoom_out`` are the largest zoom in and out as
-    fractions of the image side (the test set's hands are smaller in the frame than the training
-    set's, so zooming out matters more), ``translation`` is a fraction of the image side,
+    fractions of the image side (zooming out shows the hand smaller and farther away, as a phone
+    held at arm's length sees it), ``translation`` is a fraction of the image side,
     ``aspect`` is the extra zoom range of the width alone (aspect-ratio changes), ``contrast``,
-    ``brightness``, ``saturation`` and ``hue`` are the layers' factors, ``blur`` is the blur
+    ``brightness``, ``saturation`` and ``hue`` are the layers' factors (note Keras's
+    ``RandomSaturation`` with a single factor ``f`` only desaturates: it multiplies the
+    saturation by ``u / (1 - u)``, ``u`` uniform in ``[0, f]``, so 0.3 gives 0 to 0.43), ``blur`` is the blur
     factor of ``RandomGaussianBlur``, ``noise`` the standard deviation of Gaussian pixel noise
     (pixels, 0-255 scale), ``background`` the share of images whose white background is
     replaced by a random texture (``rps.augment.RandomBackground``). ``0`` switches one off.
