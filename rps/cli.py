@@ -90,10 +90,32 @@ def _stderr_silenced():
 
 
 def cmd_train(args) -> int:
+    from rps import cluster
+
+    if args.cluster:
+        os.environ["TF_CONFIG"] = cluster.cluster_tf_config(args.cluster.split(","),
+                                                            args.task_index)
+    worker = cluster.worker_info()  # a malformed TF_CONFIG stops here, before any work
     from rps.pipeline import run
 
     cfg = _config(args)
-    run_dir = run(cfg, argv=sys.argv)
+    try:
+        run_dir = run(cfg, argv=sys.argv)
+    except Exception as err:
+        import tensorflow as tf
+
+        lost = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError)
+        if worker.multi_worker and isinstance(err, lost):
+            raise ValueError(
+                f"{worker.name}: lost contact with another worker of the cluster "
+                f"({type(err).__name__}: {str(err).strip().splitlines()[0][:300]}). Restart "
+                f"every worker with the same command: training resumes at the last epoch that "
+                f"all of them completed.") from err
+        raise
+    if not worker.is_chief:
+        _emit(args, f"{worker.name} finished training (scratch folder {run_dir}); the chief "
+                    f"writes the run folder", run_dir=run_dir, worker=worker.name)
+        return 0
     metrics = json.loads((run_dir / "metrics.json").read_text())
     lines, top1 = [], {}
     for split in ("test", "validation_folder"):
@@ -261,6 +283,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = with_config(verbs.add_parser("train", help="train, export and evaluate one run",
                                      parents=[output]))
+    p.add_argument("--cluster", metavar="HOST:PORT,HOST:PORT,...",
+                   help="train on several workers (MultiWorkerMirroredStrategy): every worker's "
+                        "address, the same list on each; sets TF_CONFIG (worker 0 is the chief)")
+    p.add_argument("--task-index", type=int, default=0,
+                   help="this worker's position in --cluster (default 0)")
     p.set_defaults(func=cmd_train)
     p = verbs.add_parser("tune", parents=[output],
                          help="keras-tuner search (Hyperband or Bayesian) on the validation split")

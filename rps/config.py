@@ -149,6 +149,9 @@ class TrainConfig:
             (``0``: never stop early).
         cpu_replicas: on a machine without GPUs, split the CPU into this many logical devices,
             one replica each (for testing MirroredStrategy; ``1`` is fastest).
+        collective_timeout: multi-worker training only: seconds a cross-worker collective
+            (gradient all-reduce) may wait before it fails, so the surviving workers of a dead
+            one exit and can be restarted (``0``: wait forever).
         mixed_precision: Keras dtype policy: ``float32``, ``mixed_bfloat16`` or ``mixed_float16``.
         jit_compile: compile the train step with XLA.
         deterministic: turn on TensorFlow op determinism (slower; bit-identical reruns).
@@ -174,6 +177,7 @@ class TrainConfig:
     ema_momentum: float = 0.0
     early_stopping_patience: int = 0
     cpu_replicas: int = 1
+    collective_timeout: float = 120.0
     mixed_precision: str = "float32"
     jit_compile: bool = False
     deterministic: bool = False
@@ -417,6 +421,8 @@ def _check(cfg: Config) -> None:
         ("train.ema_momentum", 0.0 <= cfg.train.ema_momentum < 1.0, "in [0, 1) (0 switches EMA off)"),
         ("train.early_stopping_patience", cfg.train.early_stopping_patience >= 0, ">= 0"),
         ("train.cpu_replicas", cfg.train.cpu_replicas >= 1, "an integer >= 1"),
+        ("train.collective_timeout", cfg.train.collective_timeout >= 0.0,
+         ">= 0 seconds (0: wait forever)"),
         ("train.steps_per_execution", cfg.train.steps_per_execution >= 1, "an integer >= 1"),
         ("train.tensorboard_update_freq", cfg.train.tensorboard_update_freq >= 0,
          ">= 0 steps (0: per epoch only)"),

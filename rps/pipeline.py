@@ -7,6 +7,7 @@ Usage: ``run_dir = run(load_config("configs/default.yaml"))`` (what ``rps train`
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 import time
@@ -16,6 +17,7 @@ import keras
 import numpy as np
 from tqdm import tqdm
 
+from rps import cluster
 from rps.augment import make_augmenter
 from rps.config import Config, parse_quantize
 from rps.data import ImageSplit, Splits, load_splits, make_eval_dataset
@@ -133,10 +135,18 @@ def run(cfg: Config, argv: list[str] | None = None) -> Path:
     """Train, export and evaluate one run; resume it if an incomplete run of the same config
     exists.
 
+    In a multi-worker cluster (``TF_CONFIG``) every worker calls this with the same config and
+    trains; only the chief exports, evaluates and marks its run folder complete. Other workers
+    keep their checkpoints and logs in ``rps.cluster.worker_output_dir`` and return after
+    training.
+
     Returns:
-        The complete run folder.
+        The complete run folder (on a non-chief worker: its incomplete scratch run folder).
     """
     strategy = make_strategy(cfg.train)  # first: it may split the CPU into logical devices
+    worker = cluster.worker_info()
+    if not worker.is_chief:
+        cfg = dataclasses.replace(cfg, output_dir=cluster.worker_output_dir(cfg.output_dir, worker))
     # The data is checked before the run folder exists, so a missing or bad data folder leaves
     # no half-made run behind.
     splits = load_splits(cfg.data, cfg.seed)
@@ -147,10 +157,14 @@ def run(cfg: Config, argv: list[str] | None = None) -> Path:
             "class_names": list(splits.class_names),
             "num_images": {s.name: len(s) for s in (splits.train, splits.val, splits.test,
                                                     splits.validation_folder) if s},
-            "num_replicas": strategy.num_replicas_in_sync}
+            "num_replicas": strategy.num_replicas_in_sync,
+            "worker": {"task": worker.name, "num_workers": worker.num_workers}}
     write_json(run_dir / "run_info.json", info)
 
     result = train(cfg, splits, run_dir, strategy, reuse_finished=True)
+    if not worker.is_chief:
+        log.info("%s finished training; the chief writes the exports", worker.name)
+        return run_dir
     model = inference_model(result.model, cfg, len(splits.class_names))
     check, _ = collect(make_eval_dataset(splits.val, cfg.data, cache=False).take(1))
     export_model(model, run_dir, splits.class_names, check[:cfg.export.check_images],

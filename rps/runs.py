@@ -29,6 +29,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import yaml
@@ -264,6 +265,28 @@ def _restore_backup(backup: Path) -> int:
     return 0
 
 
+def _roll_back_backup(backup: Path, epoch: int, local: int) -> int:
+    """Make ``backup`` hold ``epoch`` instead of its newer ``local`` one: the previous pair that
+    ``BackupAndRestore(double_checkpoint=True)`` keeps, or nothing when ``epoch`` is 0.
+
+    Raises:
+        ValueError: no copy of ``epoch`` is left (the message says how to start afresh).
+    """
+    weights, metadata = backup / "latest.weights.h5", backup / "training_metadata.json"
+    if epoch == 0:
+        shutil.rmtree(backup, ignore_errors=True)
+        return 0
+    previous = (Path(f"{weights}.bkp"), Path(f"{metadata}.bkp"))
+    if _backup_epoch(*previous) != epoch:
+        raise ValueError(f"the workers' training backups disagree: {backup} holds epoch {local}, "
+                         f"another worker's only epoch {epoch}, and no copy of epoch {epoch} is "
+                         f"left here. Delete every worker's run folder to start afresh.")
+    log.warning("another worker's backup is one epoch behind; %s rolls back to it", backup)
+    shutil.copyfile(previous[0], weights)
+    shutil.copyfile(previous[1], metadata)
+    return epoch
+
+
 def read_history(path: str | Path, before_epoch: int | None = None) -> dict[str, list[float]]:
     """Read a Keras ``CSVLogger`` file.
 
@@ -299,11 +322,14 @@ def _write_history(path: Path, history: dict[str, list[float]]) -> None:
     write_atomic(path, "\n".join(lines) + "\n")
 
 
-def prepare_resume(run_dir: str | Path) -> ResumeState:
+def prepare_resume(run_dir: str | Path, agree: Callable[[int], int] | None = None) -> ResumeState:
     """Make an interrupted run's training state consistent before ``fit`` restores it.
 
     1. The ``BackupAndRestore`` state (``checkpoints/backup``): the latest pair if it is
        whole, else Keras's copy of the previous epoch (``*.bkp``), else none (start again).
+       With ``agree`` (multi-worker training), every worker then resumes at the earliest epoch
+       any worker holds, rolling back to its previous pair if needed: a worker killed while
+       writing its backup is one epoch behind the others.
     2. ``history.csv`` keeps exactly the epochs before the restored one, so that no epoch
        appears twice and the resumed rows follow on.
     3. ``best.weights.h5`` is deleted if it was cut short; otherwise its validation loss (the
@@ -313,12 +339,21 @@ def prepare_resume(run_dir: str | Path) -> ResumeState:
 
     Args:
         run_dir: the run folder.
+        agree: given this worker's epoch, returns the epoch all workers resume at (a collective
+            minimum, ``rps.cluster.agree_on_epoch``); ``None``: one worker.
 
     Returns:
         The ``ResumeState``.
+
+    Raises:
+        ValueError: the workers' backups are more than one epoch apart.
     """
     run_dir = Path(run_dir)
     epoch = _restore_backup(run_dir / BACKUP_DIR)
+    if agree is not None:
+        agreed = agree(epoch)
+        if agreed < epoch:
+            epoch = _roll_back_backup(run_dir / BACKUP_DIR, agreed, epoch)
     history_path = run_dir / HISTORY_FILE
     history = read_history(history_path, before_epoch=epoch)
     kept = [int(e) for e in history.get("epoch", [])]

@@ -4,8 +4,10 @@ Usage: ``result = train(cfg, run_dir)``; the full pipeline (train, export, evalu
 ``rps.pipeline.run``.
 
 Training runs under ``tf.distribute.MirroredStrategy``: one replica per GPU, or on a CPU-only
-machine one replica per logical CPU device (``train.cpu_replicas``). The global batch size is
-split evenly across replicas. https://www.tensorflow.org/guide/distributed_training
+machine one replica per logical CPU device (``train.cpu_replicas``). When ``TF_CONFIG`` names a
+cluster of several workers it runs under ``tf.distribute.MultiWorkerMirroredStrategy`` instead
+(``rps.cluster``). The global batch size is split evenly across all replicas.
+https://www.tensorflow.org/guide/distributed_training
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from rps import cluster
 from rps import tensorboard as tb
 from rps.augment import make_augmenter
 from rps.config import Config, TrainConfig, parse_profile_batches
@@ -43,15 +46,28 @@ class TrainResult:
 
 
 def make_strategy(train_cfg: TrainConfig) -> tf.distribute.Strategy:
-    """Create the distribution strategy, once per process.
+    """Create the distribution strategy, once per process, before any other TensorFlow work.
 
-    On a machine without GPUs and ``cpu_replicas > 1``, the CPU is first split into that many
-    logical devices (this must happen before TensorFlow initialises its devices).
+    With ``TF_CONFIG`` naming several workers: ``MultiWorkerMirroredStrategy`` (every local GPU
+    of every worker is a replica; a CPU-only worker is one replica), with collectives that give
+    up after ``train.collective_timeout`` seconds so that the survivors of a dead worker exit
+    instead of waiting forever. Otherwise ``MirroredStrategy``: on a machine without GPUs and
+    ``cpu_replicas > 1``, the CPU is first split into that many logical devices (this must
+    happen before TensorFlow initialises its devices).
 
     Raises:
         RuntimeError: ``cpu_replicas > 1`` was asked for after TensorFlow had already set up its
             devices in this process (start a fresh process).
+        ValueError: ``TF_CONFIG`` is malformed, or asks for several workers together with
+            ``cpu_replicas > 1``.
     """
+    if cluster.worker_info().multi_worker:
+        if train_cfg.cpu_replicas > 1:
+            raise ValueError("train.cpu_replicas > 1 cannot be combined with a multi-worker "
+                             "TF_CONFIG: each CPU-only worker is one replica.")
+        options = tf.distribute.experimental.CommunicationOptions(
+            timeout_seconds=train_cfg.collective_timeout or None)
+        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     gpus = tf.config.list_physical_devices("GPU")
     if not gpus and train_cfg.cpu_replicas > 1:
         cpu = tf.config.list_physical_devices("CPU")[0]
@@ -188,6 +204,12 @@ def make_fit_datasets(cfg: Config, splits: Splits) -> tuple[tf.data.Dataset, tf.
     augment = make_augmenter(cfg.augment, cfg.seed)
     train_ds = make_train_dataset(splits.train, cfg, augment).map(_one_hot(num_classes))
     val_ds = make_eval_dataset(splits.val, cfg.data).map(_one_hot(num_classes))
+    # Under MultiWorkerMirroredStrategy each worker keeps every N-th element. Said explicitly,
+    # because the default (AUTO) first tries to shard by file, fails on an in-memory file list
+    # and warns at every epoch; other strategies ignore the option.
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    train_ds, val_ds = train_ds.with_options(options), val_ds.with_options(options)
     steps_per_epoch = len(splits.train) // cfg.data.global_batch_size
     if steps_per_epoch < 1:
         raise ValueError(f"the training split has {len(splits.train)} images, fewer than "
@@ -247,6 +269,9 @@ def train(cfg: Config, splits: Splits, run_dir: Path,
     keras.mixed_precision.set_global_policy(cfg.train.mixed_precision)
     num_classes = len(splits.class_names)
     replicas = strategy.num_replicas_in_sync
+    if cfg.data.global_batch_size % replicas:
+        raise ValueError(f"data.global_batch_size={cfg.data.global_batch_size} does not divide "
+                         f"across {replicas} replicas: choose a multiple of {replicas}.")
     log.info("replicas: %d, global batch size: %d, per-replica batch size: %d", replicas,
              cfg.data.global_batch_size, cfg.data.global_batch_size // replicas)
 
@@ -255,12 +280,16 @@ def train(cfg: Config, splits: Splits, run_dir: Path,
     with strategy.scope():
         model = compile_model(build_model(cfg.model, num_classes, cfg.data.image_size), cfg,
                               steps_per_epoch)
+    if cluster.worker_info().multi_worker:
+        cluster.enable_multi_worker_fit(model)
     finished = FinishedTraining.load(run_dir) if reuse_finished else None
     if finished is not None:
         log.info("training of %s had finished; reusing its weights", run_dir)
         model.load_weights(str(run_dir / FINAL_WEIGHTS))
         return TrainResult(model, finished.history, finished.train_seconds, replicas)
-    resume = prepare_resume(run_dir)
+    agree = ((lambda epoch: cluster.agree_on_epoch(strategy, epoch))
+             if cluster.worker_info().multi_worker else None)
+    resume = prepare_resume(run_dir, agree)
     start = time.perf_counter()
     history = model.fit(train_ds, validation_data=val_ds, epochs=cfg.train.epochs,
                         callbacks=make_callbacks(cfg, run_dir, splits,

@@ -171,6 +171,25 @@ def test_prepare_resume_detects_weights_newer_than_metadata(tmp_path):
         assert f["w"][0] == 2
 
 
+def test_workers_agree_on_the_earliest_epoch(tmp_path):
+    # Multi-worker: this worker holds epoch 3, another only epoch 2 (killed while writing 3).
+    _backup(tmp_path, 2, ".bkp")
+    _backup(tmp_path, 3)
+    _history(tmp_path, 3)
+    seen = []
+    assert prepare_resume(tmp_path, agree=lambda e: seen.append(e) or 2).epoch == 2
+    assert seen == [3]
+    with h5py.File(tmp_path / BACKUP_DIR / "latest.weights.h5") as f:
+        assert f["w"][0] == 2
+    assert read_history(tmp_path / "history.csv")["epoch"] == [0, 1]
+    # Two epochs apart: no copy is left, so it stops with a message instead of diverging.
+    _backup(tmp_path, 4)
+    with pytest.raises(ValueError, match="backups disagree"):
+        prepare_resume(tmp_path, agree=lambda e: 1)
+    assert prepare_resume(tmp_path, agree=lambda e: 0).epoch == 0  # another worker has none
+    assert not (tmp_path / BACKUP_DIR).exists()
+
+
 def test_prepare_resume_without_usable_backup_starts_afresh(tmp_path):
     _backup(tmp_path, 3)
     (tmp_path / BACKUP_DIR / "training_metadata.json").write_text('{"epo')  # cut short
