@@ -26,6 +26,8 @@ class TestAccuracyRace(keras.callbacks.Callback):
         labels: ``int [N]`` class indices.
     """
 
+    __test__ = False  # a Keras callback, not a pytest test class
+
     def __init__(self, images: np.ndarray, labels: np.ndarray):
         super().__init__()
         self.images, self.labels = images, np.asarray(labels)
@@ -342,6 +344,8 @@ def train_throughput(cfg, splits, augment_in_model: bool = False, epochs: int = 
         augment_in_model: apply the augmentation layers inside the model (in the train step)
             instead of in the ``tf.data`` pipeline.
     """
+    import tensorflow as tf
+
     from rps.augment import make_augment_layers, make_augmenter
     from rps.data import make_train_dataset
     from rps.models import build_model
@@ -351,8 +355,9 @@ def train_throughput(cfg, splits, augment_in_model: bool = False, epochs: int = 
     keras.mixed_precision.set_global_policy(cfg.train.mixed_precision)
     num_classes = len(splits.class_names)
     augment = None if augment_in_model else make_augmenter(cfg.augment, cfg.seed)
+    # tf.one_hot, not keras.ops: tf.data runs TensorFlow whatever the Keras backend.
     dataset = make_train_dataset(splits.train, cfg, augment).map(
-        lambda x, y: (x, keras.ops.one_hot(y, num_classes)))
+        lambda x, y: (x, tf.one_hot(y, num_classes)))
     model = build_model(cfg.model, num_classes, cfg.data.image_size)
     if augment_in_model:
         inputs = keras.Input(model.input_shape[1:])
@@ -402,6 +407,60 @@ def run_ablations(cfg, out_dir: Path, accuracy: bool = True, speed: bool = True)
     return result
 
 
+BACKENDS = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}  # backend: its module
+
+
+def backend_epoch_times(cfg, out_dir: Path, backends: list[str], epochs: int = 2) -> dict:
+    """Training speed of ``cfg`` on each Keras backend: one child process per backend
+    (``KERAS_BACKEND`` is fixed per process) runs ``train_throughput`` (the same ``tf.data``
+    pipeline, model and optimizer; no validation) and reports the last of ``epochs`` epochs.
+    Writes ``backends.json`` and ``backends.md`` into ``out_dir``.
+
+    Returns:
+        ``{backend: {"images_per_second", "epoch_seconds"}}``, or ``{"error": message}`` for a
+        backend that is not installed or failed.
+    """
+    import importlib.util
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    from rps.config import to_dict
+    from rps.runs import write_atomic, write_json
+
+    out_dir = Path(out_dir)
+    cfg_file = out_dir / "backends-config.yaml"
+    unknown = [b for b in backends if b not in BACKENDS]
+    if unknown:
+        raise ValueError(f"unknown Keras backend(s) {', '.join(map(repr, unknown))}: choose from "
+                         f"{', '.join(BACKENDS)}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(cfg_file, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    result: dict = {}
+    for backend in backends:
+        if importlib.util.find_spec(BACKENDS[backend]) is None:
+            result[backend] = {"error": f"{BACKENDS[backend]} is not installed (make install-backends)"}
+            continue
+        child = subprocess.run([sys.executable, "-m", "rps.bench", str(cfg_file), str(epochs)],
+                               env={**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2"},
+                               capture_output=True, text=True)
+        lines = child.stdout.strip().splitlines()
+        if child.returncode or not lines:
+            result[backend] = {"error": (child.stderr.strip().splitlines() or ["no output"])[-1][:300]}
+        else:
+            result[backend] = json.loads(lines[-1])
+        write_json(out_dir / "backends.json", result)
+    rows = ["| Keras backend | training images/s | seconds per epoch |", "|---|---|---|"]
+    for backend, r in result.items():
+        rows.append(f"| {backend} | {r['images_per_second']:.0f} | {r['epoch_seconds']:.1f} |"
+                    if "error" not in r else f"| {backend} | not measured: {r['error']} | |")
+    write_atomic(out_dir / "backends.md", "\n".join(rows) + "\n")
+    return result
+
+
 def ablation_markdown(result: dict) -> str:
     """The ablation tables as markdown."""
     lines = []
@@ -419,19 +478,64 @@ def ablation_markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+_DOC_SECTIONS = (  # (heading, file in the bench folder, lead paragraph)
+    ("Race to 98% test accuracy, and accuracy over seeds", "bench.md", ""),
+    ("Ablations: what each choice buys", "ablations.md", ""),
+    ("Epoch time per Keras backend", "backends.md",
+     "`rps bench --backends tensorflow,jax,torch` (`make bench-backends`): the default config's "
+     "training step and `tf.data` pipeline, second of two epochs, no validation, one process "
+     "per backend."),
+)
+
+
+def _markdown_sections(text: str) -> dict[str, str]:
+    """Split markdown into ``{"## heading": body}`` at its second-level headings."""
+    sections: dict[str, str] = {}
+    heading = None
+    for line in text.splitlines(keepends=True):
+        if line.startswith("## "):
+            heading = line[3:].strip()
+            sections[heading] = ""
+        elif heading is not None:
+            sections[heading] += line
+    return sections
+
+
 def write_benchmarks_doc(out_dir: Path, docs_file: str | Path) -> Path:
-    """Write ``docs_file`` (``docs/benchmarks.md``) from the latest ``bench.md`` and
-    ``ablations.md`` of ``out_dir`` (whichever exist), atomically."""
+    """Write ``docs_file`` (``docs/benchmarks.md``) from ``bench.md``, ``ablations.md`` and
+    ``backends.md`` of ``out_dir``, atomically.
+
+    A section whose file is not in ``out_dir`` is kept as it stands in the existing
+    ``docs_file``, so ``make ablations`` does not erase what ``make bench`` wrote, and back.
+    """
     from rps.runs import write_atomic
 
-    out_dir = Path(out_dir)
+    out_dir, docs_file = Path(out_dir), Path(docs_file)
+    old = _markdown_sections(docs_file.read_text()) if docs_file.is_file() else {}
     parts = ["# Benchmarks", "",
-             "Written by `make bench` (`rps bench`, the race against the seed recipe) and "
-             "`make ablations` (`rps bench --ablations all`). Every number is in `bench.json` and "
-             "`ablations.json` of the bench folder; nothing here is typed in by hand.", ""]
-    if (out_dir / "bench.md").is_file():
-        parts += ["## Race to 98% test accuracy, and accuracy over seeds", "",
-                  (out_dir / "bench.md").read_text()]
-    if (out_dir / "ablations.md").is_file():
-        parts += ["## Ablations: what each choice buys", "", (out_dir / "ablations.md").read_text()]
+             "Written by `make bench` (`rps bench`, the race against the seed recipe), "
+             "`make ablations` (`rps bench --ablations all`) and `make bench-backends`. Every "
+             "number comes from the JSON files of a bench folder; nothing here is typed in by "
+             "hand.", ""]
+    for heading, name, lead in _DOC_SECTIONS:
+        if (out_dir / name).is_file():
+            body = ([lead, ""] if lead else []) + [(out_dir / name).read_text().rstrip("\n"), ""]
+            parts += [f"## {heading}", ""] + body
+        elif heading in old:
+            parts += [f"## {heading}", old[heading].strip("\n"), ""]
     return write_atomic(docs_file, "\n".join(parts))
+
+
+if __name__ == "__main__":  # the child of backend_epoch_times: python -m rps.bench CONFIG EPOCHS
+    import json
+    import sys
+
+    from rps.config import load_config
+    from rps.data import load_splits
+
+    config = load_config(sys.argv[1])
+    data = load_splits(config.data, config.seed)
+    rate = train_throughput(config, data, epochs=int(sys.argv[2]))
+    steps = len(data.train) // config.data.global_batch_size
+    print(json.dumps({"images_per_second": rate,
+                      "epoch_seconds": steps * config.data.global_batch_size / rate}))

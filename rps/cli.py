@@ -210,11 +210,14 @@ def cmd_bench_export(args) -> int:
 def cmd_bench(args) -> int:
     if args.export:
         return cmd_bench_export(args)
-    from rps.bench import run_ablations, run_bench, write_benchmarks_doc
+    from rps.bench import backend_epoch_times, run_ablations, run_bench, write_benchmarks_doc
 
     cfg = _config(args)
     out_dir = Path(args.out or Path(cfg.output_dir) / f"bench-{cfg.run_name}")
-    if args.ablations:
+    if args.backends:
+        backend_epoch_times(cfg, out_dir, args.backends.split(","))
+        print((out_dir / "backends.md").read_text())
+    elif args.ablations:
         run_ablations(cfg, out_dir, accuracy=args.ablations in ("accuracy", "all"),
                       speed=args.ablations in ("speed", "all"))
         print((out_dir / "ablations.md").read_text())
@@ -324,6 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--docs", help="also write the markdown table to this file")
     p.add_argument("--ablations", choices=("accuracy", "speed", "all"),
                    help="run the ablation tables instead of the seed race")
+    p.add_argument("--backends", metavar="tensorflow,jax,torch",
+                   help="instead of the race: seconds per training epoch on each Keras backend")
     p.add_argument("--export", metavar="RUN_DIR",
                    help="instead of the training race: size, accuracy (LiteRT and MediaPipe) and "
                         "latency table of a run's TFLite variants (--docs default: "

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,8 +29,8 @@ from rps.models import add_softmax, build_model
 from rps.plots import (plot_augmentation_preview, plot_confusion_matrix, plot_history,
                        plot_misclassified)
 from rps.report import write_report
-from rps.runs import (library_versions, mark_complete, open_run_dir, read_run_config,
-                      require_complete, write_json)
+from rps.runs import (FINAL_WEIGHTS, FinishedTraining, library_versions, mark_complete,
+                      open_run_dir, read_run_config, require_complete, write_json)
 from rps.tensorboard import augment_draws, sample_images, write_final_metrics
 from rps.tflite import ModelInfo, calibration_images, evaluate_variants, variant_files
 from rps.train import make_strategy, train
@@ -165,20 +167,124 @@ def run(cfg: Config, argv: list[str] | None = None) -> Path:
     if not worker.is_chief:
         log.info("%s finished training; the chief writes the exports", worker.name)
         return run_dir
-    model = inference_model(result.model, cfg, len(splits.class_names))
+    if keras.backend.backend() != "tensorflow":
+        return finish_in_tensorflow(run_dir, cfg, splits, result.model)
+    return finish(run_dir, cfg, splits, result.model, result.history, result.train_seconds)
+
+
+def finish(run_dir: Path, cfg: Config, splits: Splits, trained: keras.Model,
+           history: dict[str, list[float]], train_seconds: float) -> Path:
+    """The stages after training: export (SavedModel, TFLite variants, labels), evaluate every
+    artifact on the held-out splits (``metrics.json``), plots, TensorBoard final metrics,
+    ``report.md``, and the ``COMPLETE`` marker. Needs the TensorFlow backend.
+
+    Args:
+        run_dir: the run folder, whose training has finished.
+        cfg: its config.
+        splits: its data.
+        trained: the trained logits model (any dtype policy).
+        history: per-epoch training history.
+        train_seconds: training wall time, in seconds.
+
+    Returns:
+        ``run_dir``, now complete.
+    """
+    model = inference_model(trained, cfg, len(splits.class_names))
     check, _ = collect(make_eval_dataset(splits.val, cfg.data, cache=False).take(1))
     export_model(model, run_dir, splits.class_names, check[:cfg.export.check_images],
                  **_tflite_inputs(cfg, splits, run_dir))
     started = time.perf_counter()
-    metrics = {"train_seconds": result.train_seconds, "num_parameters": model.count_params(),
+    metrics = {"train_seconds": train_seconds, "num_parameters": model.count_params(),
                **evaluate_run(run_dir, cfg, splits)}
     metrics["evaluate_seconds"] = time.perf_counter() - started
     write_json(run_dir / "metrics.json", metrics)
     plot_history(run_dir / "history.csv", run_dir / "training_curves.png")
     plot_samples(run_dir, cfg, splits, model)
-    write_final_metrics(run_dir / "logs", metrics, result.history)
+    write_final_metrics(run_dir / "logs", metrics, history)
     write_report(run_dir)
     mark_complete(run_dir)
+    return run_dir
+
+
+def finish_trained_run(run_dir: Path) -> Path:
+    """``finish`` a run folder whose training has finished (``rps.runs.FinishedTraining``),
+    from its files alone: config, data, ``checkpoints/final.weights.h5``. Keras weight files
+    do not depend on the backend, so weights trained on JAX or PyTorch load here.
+
+    Raises:
+        ValueError: the run's training has not finished.
+    """
+    cfg = read_run_config(run_dir)
+    finished = FinishedTraining.load(run_dir)
+    if finished is None:
+        raise ValueError(f"{run_dir}: training has not finished (no whole {FINAL_WEIGHTS}); "
+                         f"run `rps train --config {run_dir / 'config.yaml'}` to resume it.")
+    splits = load_splits(cfg.data, cfg.seed)
+    keras.mixed_precision.set_global_policy(cfg.train.mixed_precision)
+    model = build_model(cfg.model, len(splits.class_names), cfg.data.image_size)
+    model.load_weights(str(run_dir / FINAL_WEIGHTS))
+    if (run_dir / BACKEND_CHECK).is_file():
+        check_backend_outputs(run_dir, inference_model(model, cfg, len(splits.class_names)))
+    return finish(run_dir, cfg, splits, model, finished.history, finished.train_seconds)
+
+
+BACKEND_CHECK = "checkpoints/backend_check.npz"
+BACKEND_TOLERANCE = 1e-4  # largest difference in any output probability
+BACKEND_CHECK_IMAGES = 64  # the first validation images
+
+
+def check_backend_outputs(run_dir: Path, model: keras.Model) -> float:
+    """Compare ``model`` (the TensorFlow inference model) with the probabilities the training
+    backend's model gave on the same images (``checkpoints/backend_check.npz``).
+
+    Returns:
+        The largest absolute difference of any probability.
+
+    Raises:
+        ValueError: it exceeds ``BACKEND_TOLERANCE`` (the weights did not carry over).
+    """
+    with np.load(run_dir / BACKEND_CHECK) as saved:
+        images, expected, backend = saved["images"], saved["probabilities"], str(saved["backend"])
+    got = np.asarray(model(images, training=False))
+    diff = float(np.max(np.abs(got - expected)))
+    if not diff <= BACKEND_TOLERANCE:
+        raise ValueError(f"{run_dir}: the TensorFlow model's probabilities differ from the "
+                         f"{backend}-trained model's by up to {diff:.2g} on {len(images)} "
+                         f"validation images (tolerance {BACKEND_TOLERANCE}).")
+    log.info("the TensorFlow model matches the %s-trained model on %d validation images (largest "
+             "probability difference %.2g)", backend, len(images), diff)
+    return diff
+
+
+def finish_in_tensorflow(run_dir: Path, cfg: Config, splits: Splits, trained: keras.Model) -> Path:
+    """After training on the JAX or PyTorch backend: run ``finish_trained_run`` in a child
+    process on the TensorFlow backend (the Keras backend is fixed per process). SavedModel and
+    TFLite are TensorFlow formats, and exporting the TensorFlow graph of the same weights gives
+    builtin-op TFLite files, where Keras's JAX export (jax2tf) would carry the JAX graph and its
+    random-generator state into the file. The training backend's probabilities on the first
+    ``BACKEND_CHECK_IMAGES`` validation images go along (``BACKEND_CHECK``), and the child
+    checks that its model agrees.
+
+    Raises:
+        ValueError: the child failed (its log lines are above; rerunning the same ``rps train``
+            command retries the export without training again).
+    """
+    model = inference_model(trained, cfg, len(splits.class_names))
+    images, _ = collect(make_eval_dataset(splits.val, cfg.data, cache=False))
+    images = images[:BACKEND_CHECK_IMAGES]
+    probabilities = keras.ops.convert_to_numpy(model(images, training=False))
+    check = run_dir / BACKEND_CHECK
+    tmp = check.with_name(f".tmp-{os.getpid()}-{check.name}")
+    np.savez(tmp, images=images, probabilities=probabilities, backend=keras.backend.backend())
+    os.replace(tmp, check)
+    log.info("training on %s finished; exporting on the TensorFlow backend",
+             keras.backend.backend())
+    child = subprocess.run([sys.executable, "-m", "rps.pipeline", str(run_dir)],
+                           env={**os.environ, "KERAS_BACKEND": "tensorflow"})
+    if child.returncode:
+        raise ValueError(f"exporting {run_dir} on the TensorFlow backend failed (exit code "
+                         f"{child.returncode}, log above); rerun the same command to retry the "
+                         f"export without training again.")
     return run_dir
 
 
@@ -208,3 +314,15 @@ def reexport(run_dir: Path, quantize: str | None = None) -> Path:
                  np.asarray(check[:cfg.export.check_images]),
                  **_tflite_inputs(cfg, splits, run_dir))
     return run_dir
+
+
+if __name__ == "__main__":  # the child of finish_in_tensorflow
+    from rps.cli import setup_output
+
+    run_folder = Path(sys.argv[1])
+    setup_output(read_run_config(run_folder).log_format)
+    try:
+        finish_trained_run(run_folder)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"rps export: error: {err}", file=sys.stderr)
+        sys.exit(2)

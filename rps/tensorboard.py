@@ -131,8 +131,10 @@ class ImageSummaries(keras.callbacks.Callback):
         if not self.freq or epoch % self.freq:
             return
         # Eager calls, not model.predict: predict would trace one more tf.function per run.
-        predicted = np.concatenate([np.argmax(self.model(x, training=False), 1)
-                                    for x, _ in self.val_dataset])
+        # NumPy in and out, so that it works on every Keras backend.
+        predicted = np.concatenate([
+            np.argmax(keras.ops.convert_to_numpy(self.model(np.asarray(x), training=False)), 1)
+            for x, _ in self.val_dataset])
         cm = tf.math.confusion_matrix(self.val_labels, predicted,
                                       num_classes=len(self.class_names)).numpy()
         accuracy = np.trace(cm) / max(cm.sum(), 1)
@@ -168,11 +170,11 @@ class BatchScalars(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         optimizer = self.model.optimizer
-        step = int(optimizer.iterations.numpy())
+        step = int(keras.ops.convert_to_numpy(optimizer.iterations))
         if step % self.every:
             return
         values = {f"batch_{k}": float(v) for k, v in (logs or {}).items()}
-        values["batch_learning_rate"] = float(np.asarray(optimizer.learning_rate))
+        values["batch_learning_rate"] = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
         with self.writer.as_default(), tf.summary.record_if(True):
             for tag, value in values.items():
                 tf.summary.scalar(tag, value, step=step)

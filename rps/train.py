@@ -58,9 +58,17 @@ def make_strategy(train_cfg: TrainConfig) -> tf.distribute.Strategy:
     Raises:
         RuntimeError: ``cpu_replicas > 1`` was asked for after TensorFlow had already set up its
             devices in this process (start a fresh process).
-        ValueError: ``TF_CONFIG`` is malformed, or asks for several workers together with
-            ``cpu_replicas > 1``.
+        ValueError: ``TF_CONFIG`` is malformed; several workers are asked for together with
+            ``cpu_replicas > 1``; or several workers or ``cpu_replicas > 1`` are asked for on a
+            Keras backend other than TensorFlow.
     """
+    if keras.backend.backend() != "tensorflow":
+        # JAX and PyTorch train on one device here: tf.distribute does not reach them.
+        if cluster.worker_info().multi_worker or train_cfg.cpu_replicas > 1:
+            raise ValueError(f"multi-worker training and train.cpu_replicas > 1 need "
+                             f"KERAS_BACKEND=tensorflow (this process runs "
+                             f"{keras.backend.backend()}).")
+        return tf.distribute.get_strategy()  # the default strategy: one replica, no-op scope
     if cluster.worker_info().multi_worker:
         if train_cfg.cpu_replicas > 1:
             raise ValueError("train.cpu_replicas > 1 cannot be combined with a multi-worker "
@@ -169,7 +177,10 @@ def make_callbacks(cfg: Config, run_dir: Path, splits: Splits | None = None,
         # update_freq stays "epoch": see rps.tensorboard.BatchScalars for the step scalars.
         keras.callbacks.TensorBoard(
             log_dir=str(logs), write_graph=True, histogram_freq=train_cfg.histogram_freq,
-            update_freq="epoch", profile_batch=parse_profile_batches(train_cfg.profile_batches)),
+            update_freq="epoch",
+            # The profiler traces TensorFlow (Keras's JAX profiling needs Python >= 3.12).
+            profile_batch=(parse_profile_batches(train_cfg.profile_batches)
+                           if keras.backend.backend() == "tensorflow" else 0)),
         keras.callbacks.LambdaCallback(on_train_begin=lambda _: tb.write_hparams(logs, cfg)),
     ]
     if train_cfg.tensorboard_update_freq:

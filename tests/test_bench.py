@@ -4,6 +4,7 @@ race timer and the FLOP counter give sane numbers. No speed targets here: those 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -62,3 +63,31 @@ def test_ablation_markdown_and_docs(tmp_path):
     (tmp_path / "ablations.md").write_text(table)
     doc = write_benchmarks_doc(tmp_path, tmp_path / "benchmarks.md").read_text()
     assert doc.startswith("# Benchmarks") and "## Ablations" in doc and "## Race" not in doc
+
+    # A later bench folder with only the race keeps the ablations already in the docs file.
+    later = tmp_path / "later"
+    later.mkdir()
+    (later / "bench.md").write_text("| rps seed 42 | 0.9900 |\n")
+    doc = write_benchmarks_doc(later, tmp_path / "benchmarks.md").read_text()
+    assert doc.index("## Race") < doc.index("## Ablations")
+    assert "| rps seed 42 | 0.9900 |" in doc and "| default | 0.9900 | 1.0000 | never | 120 |" in doc
+    assert doc.count("## Ablations") == 1
+
+
+@pytest.mark.slow
+def test_bench_backends_reports_epoch_time_per_backend(tiny_root, tmp_path):
+    def bench(backends):
+        return subprocess.run(
+            [sys.executable, "-m", "rps", "bench", "--config", "configs/smoke.yaml",
+             "--backends", backends, f"data.root={tiny_root}", f"output_dir={tmp_path / 'runs'}",
+             "data.image_size=48"], cwd=REPO, capture_output=True, text=True, timeout=600)
+
+    out = bench("tensorflow,nonesuch")
+    assert out.returncode == 2 and "unknown Keras backend(s) 'nonesuch'" in out.stderr
+    assert not (tmp_path / "runs").exists()  # refused before any work
+    out = bench("tensorflow,torch")
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads((tmp_path / "runs" / "bench-smoke" / "backends.json").read_text())
+    assert result["tensorflow"]["epoch_seconds"] > 0
+    torch_installed = importlib.util.find_spec("torch") is not None
+    assert ("epoch_seconds" in result["torch"]) == torch_installed, result["torch"]

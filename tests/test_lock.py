@@ -37,7 +37,7 @@ def read_lock(path=REPO / "requirements.lock") -> dict[str, Version]:
             continue
         match = re.fullmatch(r"([A-Za-z0-9._-]+)==([^\s;]+)", line)
         if not match:
-            raise ValueError(f"requirements.lock: {line!r} is not an exact name==version pin")
+            raise ValueError(f"{path.name}: {line!r} is not an exact name==version pin")
         pins[canonicalize_name(match.group(1))] = Version(match.group(2))
     return pins
 
@@ -84,3 +84,14 @@ def test_installed_top_level_versions_are_the_locked_ones():
         if installed != pins.get(canonicalize_name(req.name)):
             wrong.append(f"{req.name} {installed} (lock: {pins.get(canonicalize_name(req.name))})")
     assert not wrong, f"the environment differs from requirements.lock: {wrong}; run `make install`"
+
+
+def test_backends_lock_satisfies_the_extras_and_agrees_with_the_main_lock():
+    main, backends = read_lock(), read_lock(REPO / "requirements-backends.lock")
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    for spec in extras["jax"] + extras["torch"]:
+        req = Requirement(spec)
+        pinned = backends.get(canonicalize_name(req.name))
+        assert pinned is not None and req.specifier.contains(pinned), (spec, pinned)
+    # Nothing is pinned twice: the backends lock is installed with requirements.lock as constraints.
+    assert not set(main) & set(backends), set(main) & set(backends)
