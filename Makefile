@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 CONFIG ?= configs/default.yaml
 SHARED_DATA := $(abspath ../shared/data/rps)
 
-.PHONY: install lock data train test bench ablations stress tune tensorboard docs docker-build docker-train clean
+.PHONY: install install-backends lock data train test bench bench-backends ablations stress tune tensorboard docs docker-build docker-train clean
 
 install: $(VENV)/.installed
 
@@ -16,6 +16,15 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $@
+
+# The Keras 3 backends JAX and PyTorch (CPU builds) for `KERAS_BACKEND=jax|torch`; the tests
+# train on each (docs/distributed.md). Pinned in requirements-backends.lock, with
+# requirements.lock as constraints so that the shared dependencies keep their versions.
+install-backends: $(VENV)/.backends
+
+$(VENV)/.backends: $(VENV)/.installed requirements-backends.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c requirements.lock -r requirements-backends.lock
 	touch $@
 
 # Re-pin requirements.lock after a change to pyproject.toml's dependencies. pip-compile resolves
@@ -64,12 +73,16 @@ data/rps/train:
 train: install data
 	$(BIN)/rps train --config $(CONFIG)
 
-test: install data
+test: install install-backends data
 	$(BIN)/python -m pytest
 
 # The benchmark of issue 4: 3 seeds of the default config racing the seed recipe (about 40 min).
 bench: install data
 	$(BIN)/rps bench --config $(CONFIG) --seeds 3 --docs docs/benchmarks.md
+
+# Epoch time of the default config on each Keras backend, one process each (about 5 minutes).
+bench-backends: install install-backends data
+	$(BIN)/rps bench --config $(CONFIG) --backends tensorflow,jax,torch --docs docs/benchmarks.md
 
 # Crash safety (docs/reliability.md): 10 smoke runs SIGKILLed at random moments (seeded), each
 # rerun with the same command; reports how many end complete and valid (about 10 minutes).
