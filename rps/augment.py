@@ -21,6 +21,9 @@ from rps.config import AugmentConfig
 # "nearest" repeats the border pixels: white background, or the arm continuing off the frame.
 # "reflect" (the Keras default) would mirror the hand itself into the frame when zooming out.
 FILL_MODE = "nearest"
+# Augmentation runs in the input pipeline on float32 pixels whatever the Keras dtype policy:
+# under ``train.mixed_precision`` only the model computes in 16-bit floats.
+DTYPE = "float32"
 
 
 class RandomBackground(layers.Layer):
@@ -103,29 +106,29 @@ def make_augment_layers(aug_cfg: AugmentConfig, seed: int) -> list[layers.Layer]
             (False, True): "vertical"}.get((aug_cfg.horizontal_flip, aug_cfg.vertical_flip))
     value_range = (0, 255)
     candidates = [
-        (aug_cfg.background, lambda s: RandomBackground(aug_cfg.background, seed=s,
+        (aug_cfg.background, lambda s: RandomBackground(aug_cfg.background, seed=s, dtype=DTYPE,
                                                         name="random_background")),
-        (flip, lambda s: layers.RandomFlip(flip, seed=s, name="random_flip")),
+        (flip, lambda s: layers.RandomFlip(flip, seed=s, dtype=DTYPE, name="random_flip")),
         (aug_cfg.rotation, lambda s: layers.RandomRotation(
-            aug_cfg.rotation, fill_mode=FILL_MODE, seed=s, name="random_rotation")),
+            aug_cfg.rotation, fill_mode=FILL_MODE, seed=s, dtype=DTYPE, name="random_rotation")),
         (aug_cfg.zoom_in or aug_cfg.zoom_out or aug_cfg.aspect, lambda s: layers.RandomZoom(
             (-aug_cfg.zoom_in, aug_cfg.zoom_out),
             (-aug_cfg.zoom_in - aug_cfg.aspect, aug_cfg.zoom_out + aug_cfg.aspect)
-            if aug_cfg.aspect else None, fill_mode=FILL_MODE, seed=s, name="random_zoom")),
+            if aug_cfg.aspect else None, fill_mode=FILL_MODE, seed=s, dtype=DTYPE, name="random_zoom")),
         (aug_cfg.translation, lambda s: layers.RandomTranslation(
-            aug_cfg.translation, aug_cfg.translation, fill_mode=FILL_MODE, seed=s,
+            aug_cfg.translation, aug_cfg.translation, fill_mode=FILL_MODE, seed=s, dtype=DTYPE,
             name="random_translation")),
         (aug_cfg.contrast, lambda s: layers.RandomContrast(
-            aug_cfg.contrast, value_range=value_range, seed=s, name="random_contrast")),
+            aug_cfg.contrast, value_range=value_range, seed=s, dtype=DTYPE, name="random_contrast")),
         (aug_cfg.brightness, lambda s: layers.RandomBrightness(
-            aug_cfg.brightness, value_range=value_range, seed=s, name="random_brightness")),
+            aug_cfg.brightness, value_range=value_range, seed=s, dtype=DTYPE, name="random_brightness")),
         (aug_cfg.saturation, lambda s: layers.RandomSaturation(
-            aug_cfg.saturation, value_range=value_range, seed=s, name="random_saturation")),
+            aug_cfg.saturation, value_range=value_range, seed=s, dtype=DTYPE, name="random_saturation")),
         (aug_cfg.hue, lambda s: layers.RandomHue(
-            aug_cfg.hue, value_range=value_range, seed=s, name="random_hue")),
+            aug_cfg.hue, value_range=value_range, seed=s, dtype=DTYPE, name="random_hue")),
         (aug_cfg.blur, lambda s: layers.RandomGaussianBlur(
-            aug_cfg.blur, sigma=(0.1, 2.0), value_range=value_range, seed=s, name="random_blur")),
-        (aug_cfg.noise, lambda s: RandomPixelNoise(aug_cfg.noise, seed=s, name="random_noise")),
+            aug_cfg.blur, sigma=(0.1, 2.0), value_range=value_range, seed=s, dtype=DTYPE, name="random_blur")),
+        (aug_cfg.noise, lambda s: RandomPixelNoise(aug_cfg.noise, seed=s, dtype=DTYPE, name="random_noise")),
     ]
     return [make(next(seeds)) for wanted, make in candidates if wanted]
 

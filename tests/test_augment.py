@@ -55,3 +55,18 @@ def test_works_inside_tf_data_map():
     augment = make_augmenter(build_config().augment, seed=3)
     ds = tf.data.Dataset.from_tensors(_batch()).map(augment)
     assert next(iter(ds)).shape == (4, 32, 32, 3)
+
+
+def test_augmenter_stays_float32_under_a_mixed_precision_policy():
+    # The input pipeline feeds float32 pixels whatever train.mixed_precision says; a layer that
+    # followed the global policy computed in bfloat16 and RandomBackground then failed to mix
+    # its float32 background in.
+    import keras
+
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        augment = make_augmenter(build_config().augment, seed=1)
+        y = augment(_batch())
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert y.dtype == tf.float32
