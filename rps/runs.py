@@ -406,11 +406,15 @@ class FinishedTraining:
     @staticmethod
     def load(run_dir: str | Path) -> "FinishedTraining | None":
         """The finished training of ``run_dir``, or ``None`` when training has not finished
-        (or its files are damaged)."""
+        (or its files are damaged). A ``BackupAndRestore`` state left behind by a kill between
+        ``trained.json`` and its removal in ``save`` is removed here: it is stale."""
         run_dir = Path(run_dir)
         try:
             values = json.loads((run_dir / TRAINED_FILE).read_text())
             finished = FinishedTraining(values["history"], float(values["train_seconds"]))
         except (OSError, ValueError, KeyError, TypeError):
             return None
-        return finished if _h5_readable(run_dir / FINAL_WEIGHTS) else None
+        if not _h5_readable(run_dir / FINAL_WEIGHTS):
+            return None
+        shutil.rmtree(run_dir / BACKUP_DIR, ignore_errors=True)
+        return finished

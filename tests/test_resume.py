@@ -141,6 +141,23 @@ def _history(run_dir: Path, epochs: int) -> None:
     (run_dir / "history.csv").write_text("\n".join(rows) + "\n")
 
 
+def test_finished_training_drops_a_backup_left_by_a_kill(tmp_path):
+    # A kill between trained.json and the removal of the BackupAndRestore state leaves both;
+    # the rerun reuses the finished training and must not keep the stale backup.
+    import keras
+
+    from rps.runs import FinishedTraining
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    (tmp_path / "checkpoints").mkdir()
+    FinishedTraining({"loss": [1.0]}, 2.5).save(tmp_path, model)
+    assert not (tmp_path / BACKUP_DIR).exists()
+    (tmp_path / BACKUP_DIR).mkdir(parents=True)
+    (tmp_path / BACKUP_DIR / "training_metadata.json").write_text("{}")
+    assert FinishedTraining.load(tmp_path) == FinishedTraining({"loss": [1.0]}, 2.5)
+    assert not (tmp_path / BACKUP_DIR).exists()
+
+
 def test_prepare_resume_trims_history_to_the_backup(tmp_path):
     _backup(tmp_path, 3)
     _history(tmp_path, 4)  # the 4th row was written before the kill hit the 4th backup
