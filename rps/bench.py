@@ -480,7 +480,12 @@ def ablation_markdown(result: dict) -> str:
 
 _DOC_SECTIONS = (  # (heading, file in the bench folder, lead paragraph)
     ("Race to 98% test accuracy, and accuracy over seeds", "bench.md", ""),
-    ("Ablations: what each choice buys", "ablations.md", ""),
+    ("Ablations: what each choice buys", "ablations.md",
+     "Speed rows: training images per second over the second of two epochs. Accuracy rows: one "
+     "full training each at the config's seed, without op determinism, so a row is one draw: "
+     "the same config moves by several points of test top-1 from run to run (compare the "
+     "default row here with the seeds of the race table), and `validation/` has 33 images "
+     "(one image is 3 points). Read a gap of a few points as noise."),
     ("Epoch time per Keras backend", "backends.md",
      "`rps bench --backends tensorflow,jax,torch` (`make bench-backends`): the default config's "
      "training step and `tf.data` pipeline, second of two epochs, no validation, one process "
