@@ -26,7 +26,15 @@ FILL_MODE = "nearest"
 DTYPE = "float32"
 
 
-class RandomBackground(layers.Layer):
+class TFOpsLayer(layers.Layer):
+    """Base of the augmentation layers written in TensorFlow ops (they run in the ``tf.data``
+    pipeline, whatever the Keras backend). ``make_augmenter`` calls their ``call`` directly:
+    under ``KERAS_BACKEND=jax`` or ``torch``, ``Layer.__call__`` would convert the pipeline's
+    graph tensors into the backend's arrays and fail ("Cannot convert a symbolic tf.Tensor").
+    Keras's own preprocessing layers switch to TensorFlow by themselves inside ``tf.data``."""
+
+
+class RandomBackground(TFOpsLayer):
     """Replace the plain white background of studio renders with a random texture.
 
     The Rock-Paper-Scissors images are computer renders on pure white; phone photos are not. For
@@ -65,7 +73,7 @@ class RandomBackground(layers.Layer):
                 "threshold": self.threshold, "seed": self.seed}
 
 
-class RandomPixelNoise(layers.Layer):
+class RandomPixelNoise(TFOpsLayer):
     """Add Gaussian noise with a random standard deviation in ``[0, stddev]`` pixels per image
     (sensor noise). ``float32 [B, H, W, 3]`` 0-255 in and out. (Keras's ``GaussianNoise`` caps
     ``stddev`` at 1, i.e. works on 0-1 images, and uses one fixed level.)"""
@@ -147,7 +155,10 @@ def make_augmenter(aug_cfg: AugmentConfig, seed: int) -> Callable | None:
 
     def augment(images):
         for layer in aug_layers:
-            images = layer(images, training=True)
+            if isinstance(layer, TFOpsLayer):
+                images = layer.call(images, training=True)
+            else:
+                images = layer(images, training=True)
         return tf.clip_by_value(images, 0.0, 255.0)
 
     return augment

@@ -35,7 +35,10 @@ def test_train_on_backend_and_export(backend, module, smoke_overrides, tmp_path)
     require(module)
     out = subprocess.run(
         [sys.executable, "-m", "rps", "train", "--config", "configs/smoke.yaml", *smoke_overrides,
-         "train.epochs=2", "export.quantize=none", f"run_name={backend}"],
+         "train.epochs=2", "export.quantize=none", f"run_name={backend}",
+         # every augmentation layer of the default config, the TensorFlow-op ones included
+         "augment.background=0.5", "augment.noise=6.0", "augment.blur=0.2", "augment.hue=0.05",
+         "augment.saturation=0.3", "augment.brightness=0.2"],
         cwd=REPO, env={**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2"},
         capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-4000:]
