@@ -407,7 +407,7 @@ def run_ablations(cfg, out_dir: Path, accuracy: bool = True, speed: bool = True)
     return result
 
 
-BACKENDS = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}  # backend: its module
+BACKENDS = ("tensorflow", "jax", "torch")  # Keras backend names, which are their module names
 
 
 def backend_epoch_times(cfg, out_dir: Path, backends: list[str], epochs: int = 2) -> dict:
@@ -441,8 +441,8 @@ def backend_epoch_times(cfg, out_dir: Path, backends: list[str], epochs: int = 2
     write_atomic(cfg_file, yaml.safe_dump(to_dict(cfg), sort_keys=False))
     result: dict = {}
     for backend in backends:
-        if importlib.util.find_spec(BACKENDS[backend]) is None:
-            result[backend] = {"error": f"{BACKENDS[backend]} is not installed (make install-backends)"}
+        if importlib.util.find_spec(backend) is None:
+            result[backend] = {"error": f"{backend} is not installed (make install-backends)"}
             continue
         child = subprocess.run([sys.executable, "-m", "rps.bench", str(cfg_file), str(epochs)],
                                env={**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2"},

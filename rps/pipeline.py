@@ -270,7 +270,8 @@ def finish_in_tensorflow(run_dir: Path, cfg: Config, splits: Splits, trained: ke
             command retries the export without training again).
     """
     model = inference_model(trained, cfg, len(splits.class_names))
-    images, _ = collect(make_eval_dataset(splits.val, cfg.data, cache=False))
+    batches = -(-BACKEND_CHECK_IMAGES // cfg.data.global_batch_size)  # decode only these
+    images, _ = collect(make_eval_dataset(splits.val, cfg.data, cache=False).take(batches))
     images = images[:BACKEND_CHECK_IMAGES]
     probabilities = keras.ops.convert_to_numpy(model(images, training=False))
     check = run_dir / BACKEND_CHECK
