@@ -329,6 +329,7 @@ SPEED_ABLATIONS = {
     "no cache (decode every epoch)": ["data.cache=false"],
     "no augmentation": ["augment.enabled=false"],
     "augmentation inside the train step": ["@augment_in_model"],
+    "augmentation as one Keras layer per transform (not fused)": ["augment.fused=false"],
     "150x150 input": ["data.image_size=150"],
     "seed_cnn architecture": ["model.name=seed_cnn"],
     "mixed_bfloat16": ["train.mixed_precision=mixed_bfloat16"],

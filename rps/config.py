@@ -77,7 +77,7 @@ class AugmentConfig:
     ``brightness``, ``saturation`` and ``hue`` are the layers' factors (note Keras's
     ``RandomSaturation`` with a single factor ``f`` only desaturates: it multiplies the
     saturation by ``u / (1 - u)``, ``u`` uniform in ``[0, f]``, so 0.3 gives 0 to 0.43), ``blur`` is the blur
-    factor of ``RandomGaussianBlur``, ``noise`` the standard deviation of Gaussian pixel noise
+    factor of ``RandomGaussianBlur``, ``noise`` the standard deviation of (uniform) pixel noise
     (pixels, 0-255 scale), ``background`` the share of images whose white background is
     replaced by a random texture (``rps.augment.RandomBackground``). ``0`` switches one off.
 
@@ -95,8 +95,11 @@ class AugmentConfig:
         saturation: ``RandomSaturation`` factor.
         hue: ``RandomHue`` factor.
         blur: ``RandomGaussianBlur`` factor.
-        noise: standard deviation of Gaussian pixel noise (pixels, 0-255 scale).
+        noise: standard deviation of (uniform) pixel noise (pixels, 0-255 scale).
         background: share of images whose white background is replaced by a random texture.
+        fused: compose flip, rotation, zoom and translation into one affine resampling and
+            saturation with hue into one HSV round trip (same random draws, about 1.7x faster
+            input pipeline); ``False``: one Keras layer each.
     """
 
     enabled: bool = True
@@ -114,6 +117,7 @@ class AugmentConfig:
     blur: float = 0.0
     noise: float = 0.0
     background: float = 0.0
+    fused: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,6 +149,10 @@ class TrainConfig:
         label_smoothing: label smoothing of the cross-entropy loss.
         ema_momentum: keep an exponential moving average of the weights with this momentum
             and evaluate, checkpoint and export the averaged weights (``0``: off).
+        checkpoint: which weights the run keeps and exports: ``last`` (those after the final
+            epoch, where the cosine schedule has brought the learning rate down to 0) or
+            ``best`` (the epoch with the lowest validation loss; ``checkpoints/best.weights.h5``
+            is written either way).
         early_stopping_patience: epochs without validation improvement before stopping
             (``0``: never stop early).
         cpu_replicas: on a machine without GPUs, split the CPU into this many logical devices,
@@ -175,6 +183,7 @@ class TrainConfig:
     warmup_epochs: int = 1
     label_smoothing: float = 0.1
     ema_momentum: float = 0.0
+    checkpoint: str = "last"
     early_stopping_patience: int = 0
     cpu_replicas: int = 1
     collective_timeout: float = 120.0
@@ -296,6 +305,7 @@ CHOICES = {
     "data.source": ("folder", "tfds"),
     "data.split_by": ("file", "group"),
     "train.optimizer": ("adamw", "adam", "rmsprop", "sgd"),
+    "train.checkpoint": ("last", "best"),
     "train.schedule": ("cosine", "constant"),
     "train.mixed_precision": ("float32", "mixed_bfloat16", "mixed_float16"),
     "log_format": ("text", "json", "quiet"),

@@ -200,7 +200,7 @@ def finish(run_dir: Path, cfg: Config, splits: Splits, trained: keras.Model,
     write_json(run_dir / "metrics.json", metrics)
     plot_history(run_dir / "history.csv", run_dir / "training_curves.png")
     plot_samples(run_dir, cfg, splits, model)
-    write_final_metrics(run_dir / "logs", metrics, history)
+    write_final_metrics(run_dir / "logs", metrics, history, cfg.train.checkpoint)
     write_report(run_dir)
     mark_complete(run_dir)
     return run_dir

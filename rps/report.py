@@ -133,8 +133,8 @@ def _data(cfg: dict, info: dict) -> list[str]:
     return (["## Data", "",
              f"Source `{data.get('source', 'folder')}`, root `{data.get('root', '?')}`. The `val` "
              f"split is {data.get('validation_fraction', '?')} of `train/`, drawn per class "
-             f"(split by {data.get('split_by', 'file')}, seed {cfg.get('seed', '?')}); it chose "
-             "the checkpoint. `test/` was read only for the final evaluation.", "",
+             f"(split by {data.get('split_by', 'file')}, seed {cfg.get('seed', '?')}); choices are "
+             "made on it. `test/` was read only for the final evaluation.", "",
              f"Data fingerprint (SHA-256 over every file's path and content): "
              f"`{info.get('data_fingerprint', '?')}`", ""]
             + markdown_table(["split", "images"], rows) + [""])
@@ -154,8 +154,10 @@ def _training(run_dir: Path, cfg: dict, info: dict, metrics: dict) -> list[str]:
         keys = [k for k in ("accuracy", "loss", "val_accuracy", "val_loss") if k in history]
         lines += markdown_table(["epochs"] + keys, [[len(history["epoch"])]
                                              + [f"{history[k][-1]:.4f}" for k in keys]])
-        lines += ["", "Values of the last epoch; the exported weights are those of the epoch "
-                  "with the lowest validation loss.", ""]
+        exported = ("those of the epoch with the lowest validation loss"
+                    if train.get("checkpoint") == "best" else "those after the last epoch")
+        lines += ["", f"Values of the last epoch; the exported weights are {exported} "
+                  f"(`train.checkpoint: {train.get('checkpoint', 'last')}`).", ""]
     return lines
 
 

@@ -209,20 +209,26 @@ def write_hparams(log_dir: Path, cfg: Config) -> None:
         hp.hparams(flatten_config(cfg), trial_id=cfg.run_name)
 
 
-def write_final_metrics(log_dir: Path, metrics: dict, history: dict | None = None) -> None:
+def write_final_metrics(log_dir: Path, metrics: dict, history: dict | None = None,
+                        checkpoint: str = "last") -> None:
     """Write a run's results as scalars in ``log_dir``, its HParams session folder, so the
     HParams table shows them beside the config: ``final/<split>_<artifact>_top1_accuracy``,
-    ``final/train_seconds``, and ``final/val_accuracy`` and ``final/val_loss`` of the epoch with
-    the lowest validation loss (the exported weights).
+    ``final/train_seconds``, and ``final/val_accuracy`` and ``final/val_loss`` of the epoch whose
+    weights were exported (the last one, or with ``checkpoint="best"`` the one with the lowest
+    validation loss).
 
     Args:
         log_dir: the run's ``logs`` folder.
         metrics: ``metrics.json`` content: ``{split: {artifact: {"top1_accuracy": ...}}}`` plus
             scalars such as ``train_seconds``.
         history: Keras ``History.history`` (``{"val_loss": [...], ...}``), or ``None``.
+        checkpoint: ``train.checkpoint`` of the run (``"last"`` or ``"best"``).
     """
     val_loss = (history or {}).get("val_loss") or []
-    best = int(np.argmin(val_loss)) if len(val_loss) else None
+    if not len(val_loss):
+        best = None
+    else:
+        best = int(np.argmin(val_loss)) if checkpoint == "best" else len(val_loss) - 1
     with tf.summary.create_file_writer(str(log_dir)).as_default(), tf.summary.record_if(True):
         for key in ("val_accuracy", "val_loss"):
             if best is not None and key in history:

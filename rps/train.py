@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class TrainResult:
-    """What ``train`` returns: the trained logits model (best weights on the validation split),
+    """What ``train`` returns: the trained logits model (the weights ``train.checkpoint`` chose),
     the per-epoch history, wall time in seconds, and whether it resumed from a backup."""
 
     model: keras.Model
@@ -270,7 +270,8 @@ def train(cfg: Config, splits: Splits, run_dir: Path,
     augmentation draws restart from the seed), but it trains each epoch once.
 
     Returns:
-        A ``TrainResult`` whose model holds the best weights by validation loss, and whose
+        A ``TrainResult`` whose model holds the final weights (``train.checkpoint: last``) or
+        those of the epoch with the lowest validation loss (``best``), and whose
         history covers every epoch of the run, resumed ones included.
     """
     strategy = strategy or make_strategy(cfg.train)
@@ -309,7 +310,7 @@ def train(cfg: Config, splits: Splits, run_dir: Path,
                         verbose=fit_verbose(cfg))
     seconds = time.perf_counter() - start
     best = run_dir / "checkpoints" / "best.weights.h5"
-    if best.is_file():
+    if cfg.train.checkpoint == "best" and best.is_file():
         model.load_weights(str(best))
     logged = dict(history.history)
     if resume.epoch:  # fit only saw the resumed epochs; history.csv has them all

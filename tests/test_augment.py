@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import tensorflow as tf
 
@@ -27,12 +29,105 @@ def test_all_requested_layers_are_built():
         "augment.brightness=0.2", "augment.vertical_flip=true", "augment.background=0.5",
         "augment.saturation=0.3", "augment.hue=0.1", "augment.blur=0.2", "augment.noise=5"]).augment
     names = [l.name for l in make_augment_layers(cfg, seed=0)]
+    assert names == ["random_background", "random_affine", "random_contrast", "random_brightness",
+                     "random_saturation_hue", "random_blur", "random_noise"]
+    unfused = dataclasses.replace(cfg, fused=False)
+    names = [l.name for l in make_augment_layers(unfused, seed=0)]
     assert names == ["random_background", "random_flip", "random_rotation", "random_zoom",
                      "random_translation", "random_contrast", "random_brightness",
                      "random_saturation", "random_hue", "random_blur", "random_noise"]
-    augment = make_augmenter(cfg, seed=0)
-    y = augment(_batch())
-    assert float(tf.reduce_min(y)) >= 0 and float(tf.reduce_max(y)) <= 255
+    for aug_cfg in (cfg, unfused):
+        y = make_augmenter(aug_cfg, seed=0)(_batch())
+        assert float(tf.reduce_min(y)) >= 0 and float(tf.reduce_max(y)) <= 255
+
+
+def _apply(transforms, images):
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=images, transforms=transforms, output_shape=tf.shape(images)[1:3], fill_value=0.0,
+        interpolation="BILINEAR", fill_mode="NEAREST")
+
+
+def test_random_affine_identity_and_flips():
+    from rps.augment import RandomAffine
+
+    x = _batch()
+    identity = RandomAffine().transforms(4, 32, 32).numpy()
+    np.testing.assert_allclose(identity, np.tile([1, 0, 0, 0, 1, 0, 0, 0], (4, 1)), atol=1e-6)
+    np.testing.assert_allclose(RandomAffine()(x).numpy(), x.numpy(), atol=1e-3)
+    images = tf.constant(np.random.default_rng(1).uniform(0, 255, (64, 8, 8, 3)), tf.float32)
+    out = RandomAffine(horizontal_flip=True, seed=0)(images).numpy()
+    flipped = np.array([np.allclose(o, i[:, ::-1], atol=1e-3) for o, i in zip(out, images.numpy())])
+    kept = np.array([np.allclose(o, i, atol=1e-3) for o, i in zip(out, images.numpy())])
+    assert (flipped | kept).all() and 10 < flipped.sum() < 54  # each image once, about half
+
+
+def test_random_affine_zoom_matches_keras_random_zoom():
+    # A fixed zoom-out of 1.6 (range (0.6, 0.6)) must resample exactly as Keras's RandomZoom.
+    import keras
+
+    from rps.augment import RandomAffine
+
+    x = _batch()
+    ours = RandomAffine(zoom=(0.6, 0.6))(x).numpy()
+    keras_zoom = keras.layers.RandomZoom((0.6, 0.6), fill_mode="nearest", seed=0)(x, training=True)
+    np.testing.assert_allclose(ours, np.asarray(keras_zoom), atol=1e-2)
+
+
+def test_random_affine_draws_stay_in_their_ranges():
+    import math
+
+    from rps.augment import RandomAffine
+
+    size, n = 128.0, 2000
+    centre = (size - 1) / 2
+
+    def matrices(**kwargs):
+        t = RandomAffine(seed=3, **kwargs).transforms(n, int(size), int(size)).numpy()
+        return t[:, [0, 1, 3, 4]].reshape(n, 2, 2), t[:, [2, 5]]
+
+    a, _ = matrices(rotation=0.1)  # +/- 36 degrees, pure rotation about the centre
+    angles = np.arctan2(a[:, 1, 0], a[:, 0, 0])
+    np.testing.assert_allclose(np.linalg.det(a), 1.0, atol=1e-5)
+    assert np.abs(angles).max() <= 0.1 * 2 * math.pi + 1e-5 and np.abs(angles).max() > 0.9 * 0.2 * math.pi
+    a, b = matrices(zoom=(-0.2, 0.6))  # the zoom factor is uniform in [0.8, 1.6]
+    zooms = a[:, 0, 0]
+    assert zooms.min() >= 0.8 - 1e-6 and zooms.max() <= 1.6 + 1e-6 and zooms.std() > 0.15
+    np.testing.assert_allclose(a[:, 0, 0], a[:, 1, 1])
+    np.testing.assert_allclose(b, centre * (1 - a[:, [0, 1], [0, 1]]), atol=1e-3)  # about the centre
+    a, b = matrices(translation=0.1)  # shifts up to 12.8 pixels
+    np.testing.assert_allclose(a, np.tile(np.eye(2), (n, 1, 1)), atol=1e-6)
+    assert np.abs(b).max() <= 0.1 * size + 1e-4 and np.abs(b).max() > 0.09 * size
+    a, _ = matrices(zoom=(0.0, 0.0), width_zoom=(-0.3, 0.3))  # aspect-ratio changes only
+    np.testing.assert_allclose(a[:, 1, 1], 1.0, atol=1e-6)
+    assert a[:, 0, 0].min() < 0.75 and a[:, 0, 0].max() > 1.25
+
+
+def test_random_saturation_hue_changes_only_what_it_should():
+    from rps.augment import RandomSaturationHue
+
+    x = _batch()
+    hsv_in = tf.image.rgb_to_hsv(x / 255.0).numpy()
+    desaturated = tf.image.rgb_to_hsv(RandomSaturationHue(saturation=0.3, seed=0)(x) / 255.0).numpy()
+    # Exactly HSV saturation scaling: hue and value kept, saturation times one factor per image
+    np.testing.assert_allclose(desaturated[..., 2], hsv_in[..., 2], atol=1e-4)
+    coloured = desaturated[..., 1] > 0.02
+    hue_moved = (desaturated[..., 0] - hsv_in[..., 0] + 0.5) % 1.0 - 0.5
+    assert np.abs(hue_moved[coloured]).max() < 1e-3
+    ratio = desaturated[..., 1] / np.maximum(hsv_in[..., 1], 1e-3)
+    per_image = ratio.reshape(len(ratio), -1)
+    np.testing.assert_allclose(per_image, np.broadcast_to(per_image[:, :1], per_image.shape), atol=1e-3)
+    assert per_image.max() <= 0.3 / 0.7 + 1e-3  # Keras's u / (1 - u), u <= 0.3: desaturates only
+    mid = tf.constant(np.random.default_rng(2).uniform(64, 192, (4, 32, 32, 3)), tf.float32)
+    luma = np.array([0.213, 0.715, 0.072])  # kept by the rotation (no clipping in mid-range)
+    np.testing.assert_allclose(RandomSaturationHue(hue=0.1, seed=0)(mid).numpy() @ luma,
+                               mid.numpy() @ luma, atol=0.1)
+    rotated = RandomSaturationHue(hue=0.1, seed=0)(x).numpy()
+    hsv_out = tf.image.rgb_to_hsv(rotated / 255.0).numpy()
+    delta = (hsv_out[..., 0] - hsv_in[..., 0] + 0.5) % 1.0 - 0.5
+    saturated = (hsv_in[..., 1] > 0.3) & (hsv_out[..., 1] > 0.3)
+    assert np.abs(delta[saturated]).max() <= 0.05 * 1.5 and np.abs(delta[saturated]).max() > 1e-3
+    grey = tf.fill([2, 8, 8, 3], 128.0)
+    np.testing.assert_allclose(RandomSaturationHue(0.3, 0.1, seed=0)(grey).numpy(), 128.0, atol=1e-3)
 
 
 def test_random_background_replaces_only_white_pixels():
@@ -70,3 +165,13 @@ def test_augmenter_stays_float32_under_a_mixed_precision_policy():
     finally:
         keras.mixed_precision.set_global_policy("float32")
     assert y.dtype == tf.float32
+
+
+def test_pixel_noise_level_stays_within_its_standard_deviation():
+    from rps.augment import RandomPixelNoise
+
+    x = tf.fill([64, 32, 32, 3], 128.0)
+    noise = (RandomPixelNoise(6.0, seed=0)(x) - x).numpy().reshape(64, -1)
+    per_image = noise.std(axis=1)
+    assert per_image.max() <= 6.0 * 1.05 and per_image.max() > 5.0 and per_image.min() < 1.0
+    assert abs(noise.mean()) < 0.05
