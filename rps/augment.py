@@ -34,6 +34,23 @@ class TFOpsLayer(layers.Layer):
     Keras's own preprocessing layers switch to TensorFlow by themselves inside ``tf.data``."""
 
 
+def apply_to_some(images, chosen, transform):
+    """``transform`` applied to the images where ``chosen`` is true, the others unchanged.
+
+    Only the chosen images are computed (gathered, transformed, scattered back), so an
+    augmentation applied to a share ``p`` of a batch costs about ``p`` of a full pass.
+
+    Args:
+        images: ``float32 [B, H, W, C]``.
+        chosen: ``bool [B]``.
+        transform: ``float32 [N, H, W, C] -> float32 [N, H, W, C]`` (``N`` may be 0).
+    """
+    import tensorflow as tf
+
+    index = tf.where(chosen)  # [N, 1]
+    return tf.tensor_scatter_nd_update(images, index, transform(tf.gather_nd(images, index)))
+
+
 class RandomBackground(TFOpsLayer):
     """Replace the plain white background of studio renders with a random texture.
 
@@ -57,20 +74,71 @@ class RandomBackground(TFOpsLayer):
 
         if not training:
             return images
-        shape = tf.shape(images)
-        batch, height, width = shape[0], shape[1], shape[2]
-        uniform = lambda s, lo, hi, k: tf.random.uniform(s, lo, hi, seed=None if self.seed is None else self.seed + k)  # noqa: E731
-        base = uniform([batch, 1, 1, 3], 0.0, 255.0, 0)
-        field = tf.image.resize(uniform([batch, 4, 4, 3], -80.0, 80.0, 1), [height, width])
-        grain = uniform([batch, height, width, 1], -12.0, 12.0, 2)  # grey grain: a third of the draws
-        background = tf.clip_by_value(base + field + grain, 0.0, 255.0)
-        is_background = tf.reduce_all(images > self.threshold, axis=-1, keepdims=True)
-        apply = uniform([batch, 1, 1, 1], 0.0, 1.0, 3) < self.probability
-        return tf.where(is_background & apply, background, images)
+        seed = self.seed
+
+        def uniform(s, lo, hi, k):
+            return tf.random.uniform(s, lo, hi, seed=None if seed is None else seed + k)
+
+        def composite(chosen_images):
+            shape = tf.shape(chosen_images)
+            batch, height, width = shape[0], shape[1], shape[2]
+            base = uniform([batch, 1, 1, 3], 0.0, 255.0, 0)
+            field = tf.image.resize(uniform([batch, 4, 4, 3], -80.0, 80.0, 1), [height, width])
+            grain = uniform([batch, height, width, 1], -12.0, 12.0, 2)  # grey grain: a third of the draws
+            background = tf.clip_by_value(base + field + grain, 0.0, 255.0)
+            is_background = tf.reduce_all(chosen_images > self.threshold, axis=-1, keepdims=True)
+            return tf.where(is_background, background, chosen_images)
+
+        chosen = uniform([tf.shape(images)[0]], 0.0, 1.0, 3) < self.probability
+        return apply_to_some(images, chosen, composite)
 
     def get_config(self):
         return {**super().get_config(), "probability": self.probability,
                 "threshold": self.threshold, "seed": self.seed}
+
+
+class RandomBlur(TFOpsLayer):
+    """Gaussian blur (3x3 kernel, reflected edges) of some images of a batch, with the draws of
+    Keras's ``RandomGaussianBlur(factor, sigma)``: each image is blurred when a uniform number
+    falls below a probability drawn uniformly in ``[0, factor]`` (so about ``factor / 2`` of
+    the images), with a standard deviation drawn uniformly in ``sigma`` (pixels; here one per
+    image, Keras draws one per batch). Only the chosen images are computed, and the separable
+    kernel is two 3-tap passes of elementwise arithmetic, about 5x cheaper than blurring the
+    whole batch with a convolution as the Keras layer does.
+
+    Input and output: ``float32 [B, H, W, 3]`` pixels.
+    """
+
+    def __init__(self, factor: float, sigma: tuple[float, float] = (0.1, 2.0),
+                 seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.factor, self.sigma, self.seed = factor, tuple(sigma), seed
+
+    def call(self, images, training=True):
+        import tensorflow as tf
+
+        if not training:
+            return images
+        batch = tf.shape(images)[0]
+
+        def uniform(s, lo, hi, k):
+            return tf.random.uniform(s, lo, hi, seed=None if self.seed is None else self.seed + k)
+
+        chosen = uniform([batch], 0.0, 1.0, 0) < uniform([batch], 0.0, self.factor, 1)
+        sigma = uniform([batch], self.sigma[0], self.sigma[1], 2)
+
+        def blur(chosen_images):
+            index = tf.where(chosen)[:, 0]
+            side = tf.exp(-0.5 / tf.square(tf.gather(sigma, index)))  # weight of each neighbour
+            side = tf.reshape(side, [-1, 1, 1, 1])
+            x = tf.pad(chosen_images, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="REFLECT")
+            x = (x[:, :, 1:-1] + side * (x[:, :, :-2] + x[:, :, 2:])) / (1.0 + 2.0 * side)
+            return (x[:, 1:-1] + side * (x[:, :-2] + x[:, 2:])) / (1.0 + 2.0 * side)
+
+        return apply_to_some(images, chosen, blur)
+
+    def get_config(self):
+        return {**super().get_config(), "factor": self.factor, "sigma": self.sigma, "seed": self.seed}
 
 
 class RandomPixelNoise(TFOpsLayer):
@@ -297,8 +365,10 @@ def make_augment_layers(aug_cfg: AugmentConfig, seed: int) -> list[layers.Layer]
         (aug_cfg.brightness, lambda s: layers.RandomBrightness(
             aug_cfg.brightness, value_range=value_range, seed=s, dtype=DTYPE, name="random_brightness")),
         *colour,
-        (aug_cfg.blur, lambda s: layers.RandomGaussianBlur(
-            aug_cfg.blur, sigma=(0.1, 2.0), value_range=value_range, seed=s, dtype=DTYPE, name="random_blur")),
+        (aug_cfg.blur, (lambda s: RandomBlur(aug_cfg.blur, seed=s, dtype=DTYPE, name="random_blur"))
+         if aug_cfg.fused else (lambda s: layers.RandomGaussianBlur(
+             aug_cfg.blur, sigma=(0.1, 2.0), value_range=value_range, seed=s, dtype=DTYPE,
+             name="random_blur"))),
         (aug_cfg.noise, lambda s: RandomPixelNoise(aug_cfg.noise, seed=s, dtype=DTYPE, name="random_noise")),
     ]
     return [make(next(seeds)) for wanted, make in candidates if wanted]

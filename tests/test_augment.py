@@ -175,3 +175,16 @@ def test_pixel_noise_level_stays_within_its_standard_deviation():
     per_image = noise.std(axis=1)
     assert per_image.max() <= 6.0 * 1.05 and per_image.max() > 5.0 and per_image.min() < 1.0
     assert abs(noise.mean()) < 0.05
+
+
+def test_random_blur_blurs_about_half_factor_of_the_images_and_keeps_flat_ones():
+    from rps.augment import RandomBlur
+
+    x = tf.constant(np.random.default_rng(3).uniform(0, 255, (400, 8, 8, 3)), tf.float32)
+    out = RandomBlur(0.4, seed=0)(x).numpy()
+    changed = np.abs(out - x.numpy()).reshape(400, -1).max(axis=1) > 1e-3
+    assert 0.12 < changed.mean() < 0.28  # P(u < U(0, 0.4)) = 0.2
+    assert out[changed].std() < x.numpy()[changed].std()  # smoother
+    np.testing.assert_allclose(out[~changed], x.numpy()[~changed], atol=1e-3)
+    flat = tf.fill([16, 8, 8, 3], 77.0)
+    np.testing.assert_allclose(RandomBlur(1.0, seed=0)(flat).numpy(), 77.0, atol=1e-3)
