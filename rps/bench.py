@@ -188,7 +188,7 @@ def race(cfg, run_dir, splits=None) -> dict:
             "forward_flops": forward_flops(result.model)}
 
 
-def input_pipeline_rates(cfg, splits, num_batches: int = 20) -> dict:
+def input_pipeline_rates(cfg, splits, num_batches: int = 100) -> dict:
     """Images per second of the training input pipeline (decoded images cached, augmentation
     on) and of the seed recipe's ``ImageDataGenerator`` with its own settings (150x150 pixels,
     batch 126, as ``seed_recipe_race`` trains it)."""

@@ -67,7 +67,7 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class AugmentConfig:
-    """Random augmentation of the training split (Keras preprocessing layers).
+    """Random augmentation of the training split (``rps.augment``).
 
     Factors follow the Keras layers' conventions: ``rotation`` is a fraction of a full turn
     (0.1 = +/-36 degrees), ``zoom_in`` and ``zoom_out`` are the largest zoom in and out as
@@ -97,9 +97,11 @@ class AugmentConfig:
         blur: ``RandomGaussianBlur`` factor.
         noise: standard deviation of (uniform) pixel noise (pixels, 0-255 scale).
         background: share of images whose white background is replaced by a random texture.
-        fused: compose flip, rotation, zoom and translation into one affine resampling and
-            saturation with hue into one HSV round trip (same random draws, about 1.7x faster
-            input pipeline); ``False``: one Keras layer each.
+        fused: the fast augmentation layers of ``rps.augment``: flip, rotation, zoom and
+            translation as one affine resampling, saturation and hue without an HSV round
+            trip, blur and background computed only for the images they change (the same
+            random draws as the Keras layers; about 2x faster input pipeline). ``False``: one
+            Keras layer per transform.
     """
 
     enabled: bool = True

@@ -416,7 +416,8 @@ def make_train_dataset(split: ImageSplit, cfg: Config, augment_fn=None) -> tf.da
     Args:
         split: training files.
         cfg: run config (``data.image_size``, ``data.global_batch_size``, ``data.cache``, ``seed``).
-        augment_fn: function on a batch ``(float32 [B, S, S, 3] in 0-255) -> same``, or ``None``.
+        augment_fn: function on a batch, ``uint8 [B, S, S, 3] -> float32 [B, S, S, 3]`` in
+            0-255 (``rps.augment.make_augmenter``), or ``None``.
 
     Returns:
         Dataset of ``(float32 [B, S, S, 3] pixels 0-255, int32 [B] labels)`` with
@@ -429,9 +430,11 @@ def make_train_dataset(split: ImageSplit, cfg: Config, augment_fn=None) -> tf.da
     # Shuffle the whole split with the config's seed, reshuffled every epoch.
     ds = ds.shuffle(len(split), seed=cfg.seed, reshuffle_each_iteration=True)
     ds = ds.batch(cfg.data.global_batch_size, drop_remainder=True)
-    ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=AUTOTUNE)
-    if augment_fn is not None:
-        # Augmenting whole batches is far cheaper than per image (one op launch per batch).
+    if augment_fn is None:
+        ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=AUTOTUNE)
+    else:
+        # Augmenting whole batches is far cheaper than per image (one op launch per batch); the
+        # augmenter takes the uint8 pixels and returns float32.
         ds = ds.map(lambda x, y: (augment_fn(x), y), num_parallel_calls=AUTOTUNE)
     return ds.prefetch(AUTOTUNE)  # overlap input work with the train step
 

@@ -29,22 +29,18 @@ def test_all_requested_layers_are_built():
         "augment.brightness=0.2", "augment.vertical_flip=true", "augment.background=0.5",
         "augment.saturation=0.3", "augment.hue=0.1", "augment.blur=0.2", "augment.noise=5"]).augment
     names = [l.name for l in make_augment_layers(cfg, seed=0)]
-    assert names == ["random_background", "random_affine", "random_contrast", "random_brightness",
+    assert names == ["random_affine", "random_background", "random_contrast_brightness",
                      "random_saturation_hue", "random_blur", "random_noise"]
     unfused = dataclasses.replace(cfg, fused=False)
     names = [l.name for l in make_augment_layers(unfused, seed=0)]
-    assert names == ["random_background", "random_flip", "random_rotation", "random_zoom",
-                     "random_translation", "random_contrast", "random_brightness",
+    assert names == ["random_flip", "random_rotation", "random_zoom", "random_translation",
+                     "random_background", "random_contrast", "random_brightness",
                      "random_saturation", "random_hue", "random_blur", "random_noise"]
     for aug_cfg in (cfg, unfused):
-        y = make_augmenter(aug_cfg, seed=0)(_batch())
-        assert float(tf.reduce_min(y)) >= 0 and float(tf.reduce_max(y)) <= 255
-
-
-def _apply(transforms, images):
-    return tf.raw_ops.ImageProjectiveTransformV3(
-        images=images, transforms=transforms, output_shape=tf.shape(images)[1:3], fill_value=0.0,
-        interpolation="BILINEAR", fill_mode="NEAREST")
+        for batch in (_batch(), tf.cast(_batch(), tf.uint8)):  # float32 or the cached uint8
+            y = make_augmenter(aug_cfg, seed=0)(batch)
+            assert y.dtype == tf.float32 and y.shape == batch.shape
+            assert float(tf.reduce_min(y)) >= 0 and float(tf.reduce_max(y)) <= 255
 
 
 def test_random_affine_identity_and_flips():
@@ -188,3 +184,33 @@ def test_random_blur_blurs_about_half_factor_of_the_images_and_keeps_flat_ones()
     np.testing.assert_allclose(out[~changed], x.numpy()[~changed], atol=1e-3)
     flat = tf.fill([16, 8, 8, 3], 77.0)
     np.testing.assert_allclose(RandomBlur(1.0, seed=0)(flat).numpy(), 77.0, atol=1e-3)
+
+
+def test_random_contrast_brightness_follows_the_keras_layers():
+    from rps.augment import RandomContrastBrightness
+
+    mid = np.random.default_rng(4).uniform(100, 150, (64, 16, 16, 3)).astype(np.float32)
+    mean = mid.mean(axis=(1, 2), keepdims=True)
+    out = RandomContrastBrightness(contrast=0.2, seed=0)(tf.constant(mid)).numpy()
+    np.testing.assert_allclose(out.mean(axis=(1, 2), keepdims=True), mean, atol=1e-2)  # mean kept
+    factor = ((out - mean) / (mid - mean)).reshape(64, -1)
+    np.testing.assert_allclose(factor, np.broadcast_to(np.median(factor, 1, keepdims=True), factor.shape),
+                               atol=1e-2)  # one factor per image
+    assert 0.8 - 1e-3 <= np.median(factor, 1).min() < 0.85 and 1.15 < np.median(factor, 1).max() <= 1.2 + 1e-3
+    shifted = RandomContrastBrightness(brightness=0.2, seed=0)(tf.constant(mid)).numpy() - mid
+    offsets = shifted.reshape(64, -1)
+    np.testing.assert_allclose(offsets, np.broadcast_to(offsets[:, :1], offsets.shape), atol=1e-3)
+    assert np.abs(offsets).max() <= 0.2 * 255 + 1e-3 and np.abs(offsets).max() > 0.15 * 255
+    # Keras clips after each step: a large positive offset saturates at 255, a negative one at 0
+    both = RandomContrastBrightness(0.2, 0.9, seed=1)(tf.constant(mid * 1.7)).numpy()
+    assert both.min() >= 0 and both.max() <= 255 and (both == 255).any() and (both == 0).any()
+
+
+def test_augmenter_copes_with_batches_where_no_image_is_chosen():
+    # blur and background touch only some images; a batch where none is chosen must pass through
+    from rps.augment import RandomBackground, RandomBlur
+
+    x = _batch()
+    np.testing.assert_array_equal(RandomBlur(1e-9, seed=0)(x).numpy(), x.numpy())
+    np.testing.assert_array_equal(RandomBackground(0.0, seed=0)(x).numpy(), x.numpy())
+    np.testing.assert_array_equal(RandomBlur(0.5, seed=0)(x[:0]).numpy(), x.numpy()[:0])
