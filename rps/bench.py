@@ -377,6 +377,45 @@ def train_throughput(cfg, splits, augment_in_model: bool = False, epochs: int = 
     return steps * cfg.data.global_batch_size / times[-1]
 
 
+def augmentation_costs(cfg, splits, repeats: int = 5) -> dict:
+    """Milliseconds to augment one training batch (``data.global_batch_size`` cached images),
+    per layer and in all, with the fused layers and with one Keras layer per transform: the
+    augmenter alone in a ``tf.function``, fastest of ``repeats`` calls.
+
+    Returns:
+        ``{"fused": {layer name: ms, ..., "all": ms}, "keras": {...}}``.
+    """
+    import dataclasses
+
+    import tensorflow as tf
+
+    from rps.augment import TFOpsLayer, make_augment_layers, make_augmenter
+    from rps.data import make_train_dataset
+
+    images, _ = next(iter(make_train_dataset(splits.train, cfg)))  # float32, not augmented
+    pixels = tf.cast(images, tf.uint8)  # what the augmenter gets in training
+
+    def fastest(fn, x):
+        fn(x)  # trace
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn(x).numpy()
+            times.append(time.perf_counter() - start)
+        return 1000 * min(times)
+
+    costs = {}
+    for label, fused in (("fused", True), ("keras", False)):
+        aug_cfg = dataclasses.replace(cfg.augment, fused=fused)
+        costs[label] = {}
+        for layer in make_augment_layers(aug_cfg, cfg.seed):
+            call = layer.call if isinstance(layer, TFOpsLayer) else layer
+            costs[label][layer.name] = fastest(tf.function(lambda x, call=call: call(x, training=True)), images)
+        augmenter = make_augmenter(aug_cfg, cfg.seed)
+        costs[label]["all"] = fastest(tf.function(augmenter), pixels) if augmenter else 0.0
+    return costs
+
+
 def run_ablations(cfg, out_dir: Path, accuracy: bool = True, speed: bool = True) -> dict:
     """Run the ablation tables (see ``ACCURACY_ABLATIONS`` and ``SPEED_ABLATIONS``) and write
     ``ablations.json`` and ``ablations.md`` into ``out_dir``.
@@ -392,6 +431,8 @@ def run_ablations(cfg, out_dir: Path, accuracy: bool = True, speed: bool = True)
     out_dir.mkdir(parents=True, exist_ok=True)
     base = to_dict(cfg)
     result: dict = {"accuracy": {}, "speed": {}}
+    if speed and cfg.augment.enabled:
+        result["augmentation_ms"] = augmentation_costs(cfg, load_splits(cfg.data, cfg.seed))
     for i, (name, overrides) in enumerate(SPEED_ABLATIONS.items() if speed else []):
         variant = build_config(base, [o for o in overrides if not o.startswith("@")])
         splits = load_splits(variant.data, variant.seed)
@@ -470,6 +511,17 @@ def ablation_markdown(result: dict) -> str:
         lines += ["| speed ablation | training images/s | vs default |", "|---|---|---|"]
         lines += [f"| {name} | {ips:.0f} | {ips / base:.2f}x |" for name, ips in result["speed"].items()]
         lines.append("")
+    costs = result.get("augmentation_ms")
+    if costs:
+        lines += ["| augmentation of one batch, layer by layer (ms) | fused (default) | "
+                  "one Keras layer per transform |", "|---|---|---|"]
+        for key in ("fused", "keras"):
+            for name, ms in costs[key].items():
+                cells = f"{ms:.1f} | " if key == "fused" else f" | {ms:.1f}"
+                if name != "all":
+                    lines.append(f"| `{name}` | {cells} |")
+        lines += [f"| all, as the pipeline calls it (uint8 in) | {costs['fused']['all']:.1f} | "
+                  f"{costs['keras']['all']:.1f} |", ""]
     if result["accuracy"]:
         lines += ["| accuracy ablation (1 seed) | test top-1 | validation/ top-1 | "
                   "time to 98% test (s) | training time (s) |", "|---|---|---|---|---|"]
@@ -482,7 +534,9 @@ def ablation_markdown(result: dict) -> str:
 _DOC_SECTIONS = (  # (heading, file in the bench folder, lead paragraph)
     ("Race to 98% test accuracy, and accuracy over seeds", "bench.md", ""),
     ("Ablations: what each choice buys", "ablations.md",
-     "Speed rows: training images per second over the second of two epochs. Accuracy rows: one "
+     "Speed rows: training images per second over the second of two epochs. Augmentation "
+     "table: milliseconds to augment one batch of cached images, the augmenter alone in a "
+     "`tf.function` (no training beside it). Accuracy rows: one "
      "full training each at the config's seed, without op determinism, so a row is one draw: "
      "the same config moves by several points of test top-1 from run to run (compare the "
      "default row here with the seeds of the race table), and `validation/` has 33 images "

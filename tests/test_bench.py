@@ -74,6 +74,22 @@ def test_ablation_markdown_and_docs(tmp_path):
     assert doc.count("## Ablations") == 1
 
 
+def test_augmentation_costs_per_layer_and_in_markdown(tiny_root):
+    from rps.bench import ablation_markdown, augmentation_costs
+    from rps.config import load_config
+    from rps.data import load_splits
+
+    cfg = load_config(REPO / "configs" / "smoke.yaml", [f"data.root={tiny_root}", "augment.blur=0.2"])
+    costs = augmentation_costs(cfg, load_splits(cfg.data, cfg.seed), repeats=1)
+    assert list(costs["fused"]) == ["random_affine", "random_contrast_brightness", "random_blur", "all"]
+    assert "random_rotation" in costs["keras"] and "random_affine" not in costs["keras"]
+    assert all(ms > 0 for by_layer in costs.values() for ms in by_layer.values())
+    table = ablation_markdown({"speed": {"default": 100.0}, "accuracy": {}, "augmentation_ms": costs})
+    assert f"| `random_affine` | {costs['fused']['random_affine']:.1f} |  |" in table
+    assert f"| `random_rotation` |  | {costs['keras']['random_rotation']:.1f} |" in table
+    assert f"| {costs['fused']['all']:.1f} | {costs['keras']['all']:.1f} |" in table
+
+
 @pytest.mark.slow
 def test_bench_backends_reports_epoch_time_per_backend(tiny_root, tmp_path):
     def bench(backends):
