@@ -38,6 +38,15 @@ class TFOpsLayer(layers.Layer):
     graph tensors into the backend's arrays and fail ("Cannot convert a symbolic tf.Tensor").
     Keras's own preprocessing layers switch to TensorFlow by themselves inside ``tf.data``."""
 
+    seed: int | None = None
+
+    def draw(self, shape, low, high, k: int = 0):
+        """``float32`` uniform numbers in ``[low, high)`` of ``shape``: the layer's ``k``-th draw,
+        op seed ``seed + k`` (unseeded when ``seed`` is None)."""
+        import tensorflow as tf
+
+        return tf.random.uniform(shape, low, high, seed=None if self.seed is None else self.seed + k)
+
 
 def apply_to_some(images, chosen, transform):
     """``transform`` applied to the images where ``chosen`` is true, the others unchanged.
@@ -79,22 +88,18 @@ class RandomBackground(TFOpsLayer):
 
         if not training:
             return images
-        seed = self.seed
-
-        def uniform(s, lo, hi, k):
-            return tf.random.uniform(s, lo, hi, seed=None if seed is None else seed + k)
 
         def composite(chosen_images):
             shape = tf.shape(chosen_images)
             batch, height, width = shape[0], shape[1], shape[2]
-            base = uniform([batch, 1, 1, 3], 0.0, 255.0, 0)
-            field = tf.image.resize(uniform([batch, 4, 4, 3], -80.0, 80.0, 1), [height, width])
-            grain = uniform([batch, height, width, 1], -12.0, 12.0, 2)  # grey grain: a third of the draws
+            base = self.draw([batch, 1, 1, 3], 0.0, 255.0, 0)
+            field = tf.image.resize(self.draw([batch, 4, 4, 3], -80.0, 80.0, 1), [height, width])
+            grain = self.draw([batch, height, width, 1], -12.0, 12.0, 2)  # grey grain: a third of the draws
             background = tf.clip_by_value(base + field + grain, 0.0, 255.0)
             is_background = tf.reduce_all(chosen_images > self.threshold, axis=-1, keepdims=True)
             return tf.where(is_background, background, chosen_images)
 
-        chosen = uniform([tf.shape(images)[0]], 0.0, 1.0, 3) < self.probability
+        chosen = self.draw([tf.shape(images)[0]], 0.0, 1.0, 3) < self.probability
         return apply_to_some(images, chosen, composite)
 
     def get_config(self):
@@ -126,11 +131,8 @@ class RandomBlur(TFOpsLayer):
             return images
         batch = tf.shape(images)[0]
 
-        def uniform(s, lo, hi, k):
-            return tf.random.uniform(s, lo, hi, seed=None if self.seed is None else self.seed + k)
-
-        chosen = uniform([batch], 0.0, 1.0, 0) < uniform([batch], 0.0, self.factor, 1)
-        sigma = uniform([batch], self.sigma[0], self.sigma[1], 2)
+        chosen = self.draw([batch], 0.0, 1.0, 0) < self.draw([batch], 0.0, self.factor, 1)
+        sigma = self.draw([batch], self.sigma[0], self.sigma[1], 2)
 
         def blur(chosen_images):
             index = tf.where(chosen)[:, 0]
@@ -167,11 +169,10 @@ class RandomPixelNoise(TFOpsLayer):
 
         if not training:
             return images
-        level = tf.random.uniform([tf.shape(images)[0], 1, 1, 1], 0.0, self.stddev, seed=self.seed)
+        level = self.draw([tf.shape(images)[0], 1, 1, 1], 0.0, self.stddev, 0)
         # uniform in [-sqrt(3), sqrt(3)] has standard deviation 1
         shape = tf.shape(images)
-        unit = tf.random.uniform(tf.concat([shape[:-1], [1]], 0), -3.0 ** 0.5, 3.0 ** 0.5,
-                                 seed=None if self.seed is None else self.seed + 1)
+        unit = self.draw(tf.concat([shape[:-1], [1]], 0), -3.0 ** 0.5, 3.0 ** 0.5, 1)
         return images + level * unit
 
     def get_config(self):
@@ -223,7 +224,7 @@ class RandomAffine(TFOpsLayer):
         import tensorflow as tf
 
         def uniform(k, low, high):
-            return tf.random.uniform([batch], low, high, seed=None if self.seed is None else self.seed + k)
+            return self.draw([batch], low, high, k)
 
         w, h = tf.cast(width, tf.float32), tf.cast(height, tf.float32)
         cx, cy = (w - 1.0) / 2.0, (h - 1.0) / 2.0
@@ -285,12 +286,8 @@ class RandomContrastBrightness(TFOpsLayer):
             return images
         batch = tf.shape(images)[0]
 
-        def uniform(k, low, high):
-            return tf.random.uniform([batch, 1, 1, 1], low, high,
-                                     seed=None if self.seed is None else self.seed + k)
-
-        factor = uniform(0, 1.0 - self.contrast, 1.0 + self.contrast)
-        offset = uniform(1, -self.brightness, self.brightness) * 255.0
+        factor = self.draw([batch, 1, 1, 1], 1.0 - self.contrast, 1.0 + self.contrast, 0)
+        offset = self.draw([batch, 1, 1, 1], -self.brightness, self.brightness, 1) * 255.0
         mean = tf.reduce_mean(images, axis=[1, 2], keepdims=True)
         # clip(clip((x - m) c + m, 0, 255) + b, 0, 255) == clip((x - m) c + m + b, lo, hi)
         return tf.clip_by_value(images * factor + (mean * (1.0 - factor) + offset),
@@ -331,18 +328,15 @@ class RandomSaturationHue(TFOpsLayer):
             return images
         batch = tf.shape(images)[0]
 
-        def uniform(k, low, high):
-            return tf.random.uniform([batch], low, high, seed=None if self.seed is None else self.seed + k)
-
         if self.saturation:
-            u = uniform(0, 0.0, self.saturation)
+            u = self.draw([batch], 0.0, self.saturation, 0)
             factor = tf.reshape(u / (1.0 - u + 1e-7), [-1, 1, 1, 1])
             # the channel maximum by slices: cheaper than reduce_max over a last axis of 3
             brightest = tf.maximum(tf.maximum(images[..., 0:1], images[..., 1:2]), images[..., 2:3])
             images = images * factor + brightest * (1.0 - factor)
         if self.hue:
-            sign = tf.where(uniform(1, 0.0, 1.0) > 0.5, -1.0, 1.0)
-            angle = sign * uniform(2, 0.0, self.hue) * 0.5 * 2.0 * math.pi
+            sign = tf.where(self.draw([batch], 0.0, 1.0, 1) > 0.5, -1.0, 1.0)
+            angle = sign * self.draw([batch], 0.0, self.hue, 2) * 0.5 * 2.0 * math.pi
             luma = tf.constant([[0.213, 0.715, 0.072]] * 3)
             cos_part = tf.constant([[0.787, -0.715, -0.072], [-0.213, 0.285, -0.072],
                                     [-0.213, -0.715, 0.928]])
