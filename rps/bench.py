@@ -418,7 +418,8 @@ def augmentation_costs(cfg, splits, repeats: int = 5) -> dict:
 
 def run_ablations(cfg, out_dir: Path, accuracy: bool = True, speed: bool = True) -> dict:
     """Run the ablation tables (see ``ACCURACY_ABLATIONS`` and ``SPEED_ABLATIONS``) and write
-    ``ablations.json`` and ``ablations.md`` into ``out_dir``.
+    ``ablations.json`` and the markdown of what ran (``ablations-speed.md``,
+    ``ablations-accuracy.md``) into ``out_dir``.
 
     Returns:
         ``{"accuracy": {name: race result}, "speed": {name: images per second}}``.
@@ -445,7 +446,11 @@ def run_ablations(cfg, out_dir: Path, accuracy: bool = True, speed: bool = True)
         result["accuracy"][name]["overrides"] = overrides
         write_json(out_dir / "ablations.json", result)  # partial results survive a stop
     write_json(out_dir / "ablations.json", result)
-    write_atomic(out_dir / "ablations.md", ablation_markdown(result))
+    if speed:
+        write_atomic(out_dir / "ablations-speed.md", ablation_markdown({**result, "accuracy": {}}))
+    if accuracy:
+        write_atomic(out_dir / "ablations-accuracy.md", ablation_markdown(
+            {"speed": {}, "accuracy": result["accuracy"]}))
     return result
 
 
@@ -533,14 +538,17 @@ def ablation_markdown(result: dict) -> str:
 
 _DOC_SECTIONS = (  # (heading, file in the bench folder, lead paragraph)
     ("Race to 98% test accuracy, and accuracy over seeds", "bench.md", ""),
-    ("Ablations: what each choice buys", "ablations.md",
-     "Speed rows: training images per second over the second of two epochs. Augmentation "
-     "table: milliseconds to augment one batch of cached images, the augmenter alone in a "
-     "`tf.function` (no training beside it). Accuracy rows: one "
-     "full training each at the config's seed, without op determinism, so a row is one draw: "
-     "the same config moves by several points of test top-1 from run to run (compare the "
-     "default row here with the seeds of the race table), and `validation/` has 33 images "
-     "(one image is 3 points). Read a gap of a few points as noise."),
+    ("Ablations: speed", "ablations-speed.md",
+     "`rps bench --ablations speed`: training images per second over the second of two epochs "
+     "(no validation), each row the default config with one change; then milliseconds to "
+     "augment one batch of cached images, the augmenter alone in a `tf.function` (no training "
+     "beside it)."),
+    ("Ablations: accuracy", "ablations-accuracy.md",
+     "`rps bench --ablations accuracy`: one full training each at the config's seed, without op "
+     "determinism, so a row is one draw: the same config moves by several points of test top-1 "
+     "from run to run (compare the default row here with the seeds of the race table), and "
+     "`validation/` has 33 images (one image is 3 points). Read a gap of a few points as "
+     "noise. docs/experiments.md says which default each table was run with."),
     ("Epoch time per Keras backend", "backends.md",
      "`rps bench --backends tensorflow,jax,torch` (`make bench-backends`): the default config's "
      "training step and `tf.data` pipeline, second of two epochs, no validation, one process "
@@ -562,8 +570,8 @@ def _markdown_sections(text: str) -> dict[str, str]:
 
 
 def write_benchmarks_doc(out_dir: Path, docs_file: str | Path) -> Path:
-    """Write ``docs_file`` (``docs/benchmarks.md``) from ``bench.md``, ``ablations.md`` and
-    ``backends.md`` of ``out_dir``, atomically.
+    """Write ``docs_file`` (``docs/benchmarks.md``) from ``bench.md``, ``ablations-speed.md``,
+    ``ablations-accuracy.md`` and ``backends.md`` of ``out_dir``, atomically.
 
     A section whose file is not in ``out_dir`` is kept as it stands in the existing
     ``docs_file``, so ``make ablations`` does not erase what ``make bench`` wrote, and back.

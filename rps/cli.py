@@ -210,7 +210,8 @@ def cmd_bench_export(args) -> int:
 def cmd_bench(args) -> int:
     if args.export:
         return cmd_bench_export(args)
-    from rps.bench import backend_epoch_times, run_ablations, run_bench, write_benchmarks_doc
+    from rps.bench import (ablation_markdown, backend_epoch_times, run_ablations, run_bench,
+                           write_benchmarks_doc)
 
     cfg = _config(args)
     out_dir = Path(args.out or Path(cfg.output_dir) / f"bench-{cfg.run_name}")
@@ -218,9 +219,9 @@ def cmd_bench(args) -> int:
         backend_epoch_times(cfg, out_dir, args.backends.split(","))
         print((out_dir / "backends.md").read_text())
     elif args.ablations:
-        run_ablations(cfg, out_dir, accuracy=args.ablations in ("accuracy", "all"),
-                      speed=args.ablations in ("speed", "all"))
-        print((out_dir / "ablations.md").read_text())
+        result = run_ablations(cfg, out_dir, accuracy=args.ablations in ("accuracy", "all"),
+                               speed=args.ablations in ("speed", "all"))
+        print(ablation_markdown(result))
     else:
         seeds = [cfg.seed + i for i in range(args.seeds)]
         run_bench(cfg, out_dir, seeds, args.reference_epochs,

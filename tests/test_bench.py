@@ -60,18 +60,22 @@ def test_ablation_markdown_and_docs(tmp_path):
     table = ablation_markdown(result)
     assert "| no cache (decode every epoch) | 50 | 0.50x |" in table
     assert "| default | 0.9900 | 1.0000 | never | 120 |" in table
-    (tmp_path / "ablations.md").write_text(table)
+    (tmp_path / "ablations-accuracy.md").write_text(ablation_markdown({**result, "speed": {}}))
     doc = write_benchmarks_doc(tmp_path, tmp_path / "benchmarks.md").read_text()
-    assert doc.startswith("# Benchmarks") and "## Ablations" in doc and "## Race" not in doc
+    assert doc.startswith("# Benchmarks") and "## Ablations: accuracy" in doc and "## Race" not in doc
+    assert "0.50x" not in doc
 
-    # A later bench folder with only the race keeps the ablations already in the docs file.
+    # Later bench folders with only the race, then only the speed ablations, keep what the
+    # docs file already holds.
     later = tmp_path / "later"
     later.mkdir()
     (later / "bench.md").write_text("| rps seed 42 | 0.9900 |\n")
+    (later / "ablations-speed.md").write_text(ablation_markdown({**result, "accuracy": {}}))
     doc = write_benchmarks_doc(later, tmp_path / "benchmarks.md").read_text()
-    assert doc.index("## Race") < doc.index("## Ablations")
+    assert doc.index("## Race") < doc.index("## Ablations: speed") < doc.index("## Ablations: accuracy")
     assert "| rps seed 42 | 0.9900 |" in doc and "| default | 0.9900 | 1.0000 | never | 120 |" in doc
-    assert doc.count("## Ablations") == 1
+    assert "| no cache (decode every epoch) | 50 | 0.50x |" in doc
+    assert doc.count("## Ablations: accuracy") == 1
 
 
 def test_augmentation_costs_per_layer_and_in_markdown(tiny_root):
