@@ -98,10 +98,10 @@ class AugmentConfig:
         noise: standard deviation of (uniform) pixel noise (pixels, 0-255 scale).
         background: share of images whose white background is replaced by a random texture.
         fused: the fast augmentation layers of ``rps.augment``: flip, rotation, zoom and
-            translation as one affine resampling, saturation and hue without an HSV round
-            trip, blur and background computed only for the images they change (the same
-            random draws as the Keras layers; about 2x faster input pipeline). ``False``: one
-            Keras layer per transform.
+            translation as one affine resampling, contrast and brightness in one pass,
+            saturation and hue without an HSV round trip, blur and background computed only
+            for the images they change (the same random draws as the Keras layers; about 3x
+            faster input pipeline). ``False``: one Keras layer per transform.
     """
 
     enabled: bool = True
