@@ -228,13 +228,32 @@ def _fmt(value, pattern="{:.4f}"):
     return "never" if value is None else pattern.format(value)
 
 
+def environment() -> dict:
+    """Where and when a benchmark ran: UTC date, CPU model and core count, library versions,
+    and this CPU's dense 2048x2048 matmul rate in GFLOP/s (float32 and bfloat16)."""
+    import datetime
+    import os
+
+    from rps.runs import library_versions
+
+    return {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "cpu": cpu_name(), "cpu_count": os.cpu_count(), "versions": library_versions(),
+            "matmul_gflops_float32": matmul_gflops("float32"),
+            "matmul_gflops_bfloat16": matmul_gflops("bfloat16")}
+
+
+def environment_line(env: dict) -> str:
+    """One markdown line naming the date, CPU, versions and matmul rates of ``environment()``."""
+    return (f"Date: {env['date']}; CPU: {env['cpu']} ({env['cpu_count']} cores); "
+            f"TensorFlow {env['versions']['tensorflow']}, Keras {env['versions']['keras']}; "
+            f"dense 2048x2048 matmul: {env['matmul_gflops_float32']:.0f} GFLOP/s float32, "
+            f"{env['matmul_gflops_bfloat16']:.0f} GFLOP/s bfloat16.")
+
+
 def markdown_table(result: dict) -> str:
     """The benchmark as a markdown section: environment, one row per run, the summary."""
     env, s = result["environment"], result["summary"]
-    lines = [f"Date: {env['date']}; CPU: {env['cpu']} ({env['cpu_count']} cores); "
-             f"TensorFlow {env['versions']['tensorflow']}, Keras {env['versions']['keras']}; "
-             f"dense 2048x2048 matmul: {env['matmul_gflops_float32']:.0f} GFLOP/s float32, "
-             f"{env['matmul_gflops_bfloat16']:.0f} GFLOP/s bfloat16.", "",
+    lines = [environment_line(env), "",
              f"Config: `{result['config_path']}` {' '.join(result['overrides'])}", "",
              "| run | test top-1 | validation/ top-1 | time to 98% test (s) | training time (s) | "
              "parameters | FLOPs/image (forward) | training images/s |",
@@ -279,18 +298,13 @@ def run_bench(cfg, out_dir: Path, seeds: list[int], reference_epochs: int,
         The result dict written to ``bench.json``.
     """
     import dataclasses
-    import datetime
-    import os
 
     from rps.data import load_splits
-    from rps.runs import library_versions, write_atomic, write_json
+    from rps.runs import write_atomic, write_json
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    env = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-           "cpu": cpu_name(), "cpu_count": os.cpu_count(), "versions": library_versions(),
-           "matmul_gflops_float32": matmul_gflops("float32"),
-           "matmul_gflops_bfloat16": matmul_gflops("bfloat16")}
+    env = environment()
     pipeline = input_pipeline_rates(cfg, load_splits(cfg.data, cfg.seed))
     ours = []
     for seed in seeds:
@@ -337,9 +351,11 @@ SPEED_ABLATIONS = {
 }
 
 
-def train_throughput(cfg, splits, augment_in_model: bool = False, epochs: int = 2) -> float:
-    """Training images per second of the last of ``epochs`` epochs (no validation, no
-    callbacks but the timer): the cost of the train step plus the input pipeline.
+def train_throughput(cfg, splits, augment_in_model: bool = False, epochs: int = 3) -> float:
+    """Training images per second: the median over the epochs after the first of ``epochs``
+    (the first traces the graphs and fills the cache), no validation, no callbacks but the
+    timer; the cost of the train step plus the input pipeline. A median of two or more epochs,
+    not one, so that a few seconds of other work on the machine do not decide a row.
 
     Args:
         augment_in_model: apply the augmentation layers inside the model (in the train step)
@@ -374,7 +390,7 @@ def train_throughput(cfg, splits, augment_in_model: bool = False, epochs: int = 
         on_epoch_end=lambda e, logs: times.append(time.perf_counter() - times.pop()))
     model.fit(dataset, epochs=epochs, callbacks=[timer], verbose=0)
     keras.mixed_precision.set_global_policy("float32")
-    return steps * cfg.data.global_batch_size / times[-1]
+    return steps * cfg.data.global_batch_size / float(np.median(times[1:] or times))
 
 
 def augmentation_costs(cfg, splits, repeats: int = 5) -> dict:
@@ -431,7 +447,7 @@ def run_ablations(cfg, out_dir: Path, accuracy: bool = True, speed: bool = True)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     base = to_dict(cfg)
-    result: dict = {"accuracy": {}, "speed": {}}
+    result: dict = {"environment": environment(), "config": base, "accuracy": {}, "speed": {}}
     if speed and cfg.augment.enabled:
         result["augmentation_ms"] = augmentation_costs(cfg, load_splits(cfg.data, cfg.seed))
     for i, (name, overrides) in enumerate(SPEED_ABLATIONS.items() if speed else []):
@@ -450,7 +466,7 @@ def run_ablations(cfg, out_dir: Path, accuracy: bool = True, speed: bool = True)
         write_atomic(out_dir / "ablations-speed.md", ablation_markdown({**result, "accuracy": {}}))
     if accuracy:
         write_atomic(out_dir / "ablations-accuracy.md", ablation_markdown(
-            {"speed": {}, "accuracy": result["accuracy"]}))
+            {**result, "speed": {}, "augmentation_ms": None}))
     return result
 
 
@@ -509,8 +525,8 @@ def backend_epoch_times(cfg, out_dir: Path, backends: list[str], epochs: int = 2
 
 
 def ablation_markdown(result: dict) -> str:
-    """The ablation tables as markdown."""
-    lines = []
+    """The ablation tables as markdown, after the line of their ``environment`` (when given)."""
+    lines = [environment_line(result["environment"]), ""] if result.get("environment") else []
     if result["speed"]:
         base = result["speed"].get("default")
         lines += ["| speed ablation | training images/s | vs default |", "|---|---|---|"]
@@ -539,8 +555,8 @@ def ablation_markdown(result: dict) -> str:
 _DOC_SECTIONS = (  # (heading, file in the bench folder, lead paragraph)
     ("Race to 98% test accuracy, and accuracy over seeds", "bench.md", ""),
     ("Ablations: speed", "ablations-speed.md",
-     "`rps bench --ablations speed`: training images per second over the second of two epochs "
-     "(no validation), each row the default config with one change; then milliseconds to "
+     "`rps bench --ablations speed`: training images per second, the mean of the second and "
+     "third of three epochs (no validation), each row the default config with one change; then milliseconds to "
      "augment one batch of cached images, the augmenter alone in a `tf.function` (no training "
      "beside it)."),
     ("Ablations: accuracy", "ablations-accuracy.md",
@@ -590,7 +606,7 @@ def write_benchmarks_doc(out_dir: Path, docs_file: str | Path) -> Path:
             body = ([lead, ""] if lead else []) + [(out_dir / name).read_text().rstrip("\n"), ""]
             parts += [f"## {heading}", ""] + body
         elif heading in old:
-            parts += [f"## {heading}", old[heading].strip("\n"), ""]
+            parts += [f"## {heading}", "", old[heading].strip("\n"), ""]
     return write_atomic(docs_file, "\n".join(parts))
 
 

@@ -60,6 +60,11 @@ def test_ablation_markdown_and_docs(tmp_path):
     table = ablation_markdown(result)
     assert "| no cache (decode every epoch) | 50 | 0.50x |" in table
     assert "| default | 0.9900 | 1.0000 | never | 120 |" in table
+    env = {"date": "2026-12-03 06:00 UTC", "cpu": "Some CPU", "cpu_count": 2,
+           "versions": {"tensorflow": "2.21.0", "keras": "3.15.1"},
+           "matmul_gflops_float32": 189.4, "matmul_gflops_bfloat16": 316.0}
+    dated = ablation_markdown({**result, "environment": env})
+    assert dated.startswith("Date: 2026-12-03 06:00 UTC; CPU: Some CPU (2 cores)") and table in dated
     (tmp_path / "ablations-accuracy.md").write_text(ablation_markdown({**result, "speed": {}}))
     doc = write_benchmarks_doc(tmp_path, tmp_path / "benchmarks.md").read_text()
     assert doc.startswith("# Benchmarks") and "## Ablations: accuracy" in doc and "## Race" not in doc
@@ -76,6 +81,10 @@ def test_ablation_markdown_and_docs(tmp_path):
     assert "| rps seed 42 | 0.9900 |" in doc and "| default | 0.9900 | 1.0000 | never | 120 |" in doc
     assert "| no cache (decode every epoch) | 50 | 0.50x |" in doc
     assert doc.count("## Ablations: accuracy") == 1
+    # A folder with none of the tables rewrites the docs file unchanged (kept sections keep
+    # their layout, the blank line after each heading included).
+    (tmp_path / "empty").mkdir()
+    assert write_benchmarks_doc(tmp_path / "empty", tmp_path / "benchmarks.md").read_text() == doc
 
 
 def test_augmentation_costs_per_layer_and_in_markdown(tiny_root):
