@@ -556,9 +556,9 @@ _DOC_SECTIONS = (  # (heading, file in the bench folder, lead paragraph)
     ("Race to 98% test accuracy, and accuracy over seeds", "bench.md", ""),
     ("Ablations: speed", "ablations-speed.md",
      "`rps bench --ablations speed`: training images per second, the mean of the second and "
-     "third of three epochs (no validation), each row the default config with one change; then milliseconds to "
-     "augment one batch of cached images, the augmenter alone in a `tf.function` (no training "
-     "beside it)."),
+     "third of three epochs (no validation), each row the default config with one change; then "
+     "milliseconds to augment one batch of cached images, the augmenter alone in a "
+     "`tf.function` (no training beside it)."),
     ("Ablations: accuracy", "ablations-accuracy.md",
      "`rps bench --ablations accuracy`: one full training each at the config's seed, without op "
      "determinism, so a row is one draw: the same config moves by several points of test top-1 "

@@ -66,8 +66,8 @@ def main() -> None:
 
     from rps.config import load_config
     from rps.data import load_splits, make_eval_dataset
-    from rps.evaluate import collect
-    from rps.models import build_model
+    from rps.evaluate import collect, predict_probabilities
+    from rps.models import add_softmax, build_model
     from rps.train import make_fit_datasets, train
 
     out = Path(args.out)
@@ -78,6 +78,7 @@ def main() -> None:
         cfg = dataclasses.replace(base, seed=seed)
         splits = load_splits(cfg.data, cfg.seed)
         snapshots: list[list[np.ndarray]] = []
+
         class Keep(keras.callbacks.Callback):
             def on_epoch_end(self, epoch, logs=None):
                 if epoch >= cfg.train.epochs - args.keep:
@@ -99,11 +100,10 @@ def main() -> None:
             variants[f"swa_{k}"] = model
 
         def probabilities(model, images, flip=False):
-            logits = model.predict(images, verbose=0, batch_size=128)
-            p = keras.ops.convert_to_numpy(keras.ops.softmax(logits))
+            inference = add_softmax(model)  # the exported model's softmax head
+            p = predict_probabilities(inference, images)
             if flip:
-                logits_f = model.predict(images[:, :, ::-1], verbose=0, batch_size=128)
-                p = (p + keras.ops.convert_to_numpy(keras.ops.softmax(logits_f))) / 2
+                p = (p + predict_probabilities(inference, images[:, :, ::-1])) / 2
             return p
 
         for split_name, split, store in (("val", splits.val, val_results),
