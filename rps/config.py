@@ -174,7 +174,8 @@ class TrainConfig:
             every this many epochs (``0``: never; costs one extra pass over the validation split).
         profile_batches: profile these training steps (1-based, counted across epochs) into
             ``logs/train/plugins/profile``: ``"start,stop"``, a single step ``"12"``, or ``"0"``
-            (off). View with TensorBoard's Profile tab (``tensorboard-plugin-profile``).
+            (off). View with TensorBoard's Profile tab (``tensorboard-plugin-profile``). In a
+            multi-worker run only the chief profiles.
     """
 
     epochs: int = 25

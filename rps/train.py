@@ -178,9 +178,12 @@ def make_callbacks(cfg: Config, run_dir: Path, splits: Splits | None = None,
         keras.callbacks.TensorBoard(
             log_dir=str(logs), write_graph=True, histogram_freq=train_cfg.histogram_freq,
             update_freq="epoch",
-            # The profiler traces TensorFlow (Keras's JAX profiling needs Python >= 3.12).
+            # The profiler traces TensorFlow (Keras's JAX profiling needs Python >= 3.12). In a
+            # multi-worker run only the chief profiles: the other workers' logs are scratch, and
+            # a worker has died of a native crash in the profile window (docs/distributed.md).
             profile_batch=(parse_profile_batches(train_cfg.profile_batches)
-                           if keras.backend.backend() == "tensorflow" else 0)),
+                           if keras.backend.backend() == "tensorflow"
+                           and cluster.worker_info().is_chief else 0)),
         keras.callbacks.LambdaCallback(on_train_begin=lambda _: tb.write_hparams(logs, cfg)),
     ]
     if train_cfg.tensorboard_update_freq:
