@@ -97,8 +97,8 @@ def convert_variant(saved_model_dir: str | Path, variant: str,
         calibration_images: ``float32 [N, S, S, 3]`` training images; required for ``int8``.
         int8_per_channel: ``int8`` weight scales per output channel (the converter's default)
             instead of one per tensor. Each channel costs 12 bytes (a float32 scale and an int64
-            zero point): on ``fast_cnn`` (151k parameters) that is ~40 KB on a ~165 KB file, so
-            per-tensor is what keeps the int8 file under 1/3.5 of float32.
+            zero point): on ``fast_cnn`` at width 32 (151k parameters) that was ~40 KB on a
+            ~165 KB file, so per-tensor is what keeps the int8 file under 1/3.5 of float32.
 
     Returns:
         The flatbuffer (no metadata yet). Builtin ops only: no Flex (SELECT_TF_OPS) ops.
