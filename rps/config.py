@@ -146,6 +146,8 @@ class TrainConfig:
         optimizer: ``adamw``, ``adam``, ``rmsprop`` or ``sgd``.
         learning_rate: peak learning rate.
         weight_decay: decoupled weight decay (AdamW), 0 to switch off.
+        decay_norm_and_bias: also decay the 1-D weights (biases, BatchNorm scales and
+            offsets). ``false`` decays only the kernels, as ConvNeXt and timm do.
         schedule: ``cosine`` (linear warmup, then cosine decay to 0) or ``constant``.
         warmup_epochs: length of the linear warmup, in epochs.
         label_smoothing: label smoothing of the cross-entropy loss.
@@ -182,6 +184,7 @@ class TrainConfig:
     optimizer: str = "adamw"
     learning_rate: float = 3e-3
     weight_decay: float = 1e-4
+    decay_norm_and_bias: bool = True
     schedule: str = "cosine"
     warmup_epochs: int = 1
     label_smoothing: float = 0.1

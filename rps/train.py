@@ -93,12 +93,21 @@ def make_strategy(train_cfg: TrainConfig) -> tf.distribute.Strategy:
     return tf.distribute.MirroredStrategy()
 
 
-def make_optimizer(train_cfg: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+def make_optimizer(train_cfg: TrainConfig, steps_per_epoch: int,
+                   model: keras.Model | None = None) -> keras.optimizers.Optimizer:
     """Optimizer with the configured schedule. ``cosine``: linear warmup over
     ``warmup_epochs``, then cosine decay to 0 (Loshchilov & Hutter, SGDR,
     https://arxiv.org/abs/1608.03983; Goyal et al. warmup, https://arxiv.org/abs/1706.02677).
     AdamW: https://arxiv.org/abs/1711.05101. With ``ema_momentum``, the optimizer also keeps an
-    exponential moving average of the weights (Polyak & Juditsky 1992; Keras ``use_ema``)."""
+    exponential moving average of the weights (Polyak & Juditsky 1992; Keras ``use_ema``).
+
+    With ``decay_norm_and_bias: false`` and a ``model``, AdamW leaves the model's 1-D trainable
+    variables (biases, BatchNorm gamma and beta) out of weight decay, as ConvNeXt
+    (https://arxiv.org/abs/2201.03545) and timm's ``param_groups_weight_decay`` do.
+
+    Raises:
+        ValueError: ``decay_norm_and_bias`` is false for AdamW but no ``model`` was given.
+    """
     lr = train_cfg.learning_rate
     ema = {"use_ema": train_cfg.ema_momentum > 0, "ema_momentum": train_cfg.ema_momentum or 0.99}
     if train_cfg.schedule == "cosine":
@@ -107,7 +116,14 @@ def make_optimizer(train_cfg: TrainConfig, steps_per_epoch: int) -> keras.optimi
             initial_learning_rate=0.0 if warmup else lr, warmup_target=lr if warmup else None,
             warmup_steps=warmup, decay_steps=train_cfg.epochs * steps_per_epoch - warmup)
     if train_cfg.optimizer == "adamw":
-        return keras.optimizers.AdamW(lr, weight_decay=train_cfg.weight_decay, **ema)
+        optimizer = keras.optimizers.AdamW(lr, weight_decay=train_cfg.weight_decay, **ema)
+        if not train_cfg.decay_norm_and_bias:
+            if model is None:
+                raise ValueError("train.decay_norm_and_bias=false needs the model to find its "
+                                 "1-D weights.")
+            optimizer.exclude_from_weight_decay(
+                var_list=[v for v in model.trainable_variables if len(v.shape) <= 1])
+        return optimizer
     if train_cfg.optimizer == "adam":
         return keras.optimizers.Adam(lr, **ema)
     if train_cfg.optimizer == "rmsprop":
@@ -240,7 +256,7 @@ def compile_model(model: keras.Model, cfg: Config, steps_per_epoch: int) -> kera
         ``model``, compiled.
     """
     model.compile(
-        optimizer=make_optimizer(cfg.train, steps_per_epoch),
+        optimizer=make_optimizer(cfg.train, steps_per_epoch, model),
         loss=keras.losses.CategoricalCrossentropy(
             from_logits=True, label_smoothing=cfg.train.label_smoothing),
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],

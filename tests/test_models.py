@@ -35,3 +35,40 @@ def test_unknown_preset_lists_valid_names():
     cfg = build_config(overrides=["model.name=resnet"]).model
     with pytest.raises(ValueError, match="unknown model preset 'resnet'.*fast_cnn, seed_cnn"):
         build_model(cfg, 3, 64)
+
+
+@pytest.mark.parametrize("decay_norm_and_bias", [True, False])
+def test_adamw_decays_norm_and_bias_only_when_asked(decay_norm_and_bias):
+    # With zero gradients the Adam step is 0, so whatever moves is weight decay: the kernels
+    # shrink either way; the 1-D weights (biases, BatchNorm gamma and beta) only when asked.
+    import dataclasses
+
+    import keras
+    import numpy as np
+
+    from rps.config import TrainConfig
+    from rps.train import make_optimizer
+
+    model = build_model(dataclasses.replace(build_config().model, width=8), 3, 32)
+    for v in model.trainable_variables:
+        v.assign(np.ones(v.shape, "float32"))
+    cfg = dataclasses.replace(TrainConfig(), schedule="constant", learning_rate=0.1,
+                              weight_decay=0.5, decay_norm_and_bias=decay_norm_and_bias)
+    optimizer = make_optimizer(cfg, steps_per_epoch=1, model=model)
+    optimizer.apply([keras.ops.zeros(v.shape) for v in model.trainable_variables],
+                    model.trainable_variables)
+    moved = {v.path: not np.allclose(v.numpy(), 1.0) for v in model.trainable_variables}
+    one_d = {v.path for v in model.trainable_variables if len(v.shape) <= 1}
+    assert one_d and len(one_d) < len(moved)
+    assert all(moved[p] for p in moved if p not in one_d)
+    assert all(moved[p] == decay_norm_and_bias for p in one_d)
+
+
+def test_excluding_norm_and_bias_needs_the_model():
+    import dataclasses
+
+    from rps.config import TrainConfig
+    from rps.train import make_optimizer
+
+    with pytest.raises(ValueError, match="decay_norm_and_bias"):
+        make_optimizer(dataclasses.replace(TrainConfig(), decay_norm_and_bias=False), 1)
