@@ -37,6 +37,12 @@ class DataConfig:
             training never saw, as the test set does.
         group_pattern: regular expression on the file name without suffix; its first group is
             the group key (names that do not match form a group each).
+        folds: ``0``: carve the validation split by ``validation_fraction``. ``k >= 2``:
+            k-fold cross-validation instead: each class's groups (``split_by: group``) or
+            files, in an order drawn from the seed, are dealt round-robin into ``k`` folds, and
+            fold ``fold`` is the validation split (``validation_fraction`` is then unused).
+            With 7 hands per class, ``folds: 7`` holds out one hand of each class per fold.
+        fold: which fold is the validation split when ``folds >= 2``, from 0 to ``folds - 1``.
         global_batch_size: images per training step, summed over all replicas.
         max_images_per_class: keep at most this many files per class and split (``0``: all);
             for smoke runs and tests.
@@ -57,6 +63,8 @@ class DataConfig:
     validation_fraction: float = 0.15
     split_by: str = "file"
     group_pattern: str = r"^(.*)-\d+$"
+    folds: int = 0
+    fold: int = 0
     global_batch_size: int = 64
     max_images_per_class: int = 0
     cache: bool = True
@@ -410,6 +418,9 @@ def _check(cfg: Config) -> None:
         ("data.image_size", 32 <= cfg.data.image_size <= 1024, "between 32 and 1024 pixels"),
         ("data.validation_fraction", 0.0 < cfg.data.validation_fraction < 1.0,
          "strictly between 0 and 1"),
+        ("data.folds", cfg.data.folds == 0 or cfg.data.folds >= 2, "0 (off) or an integer >= 2"),
+        ("data.fold", 0 <= cfg.data.fold < max(cfg.data.folds, 1),
+         f"between 0 and data.folds - 1 = {max(cfg.data.folds, 1) - 1}"),
         ("data.global_batch_size", cfg.data.global_batch_size >= 1, "an integer >= 1"),
         ("data.max_images_per_class", cfg.data.max_images_per_class >= 0, ">= 0 (0 means all)"),
         ("data.max_image_pixels", 1 <= cfg.data.max_image_pixels <= PILLOW_MAX_PIXELS,

@@ -270,6 +270,46 @@ def stratified_split(labels: tuple[int, ...], fraction: float, seed: int,
     return np.sort(np.concatenate(train_idx)), np.sort(np.concatenate(val_idx))
 
 
+def kfold_split(labels: tuple[int, ...], folds: int, fold: int, seed: int,
+                groups: tuple[str, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified (group) k-fold split: per class, the groups (or single items) in an order
+    drawn from ``seed`` are dealt round-robin into ``folds`` folds; fold ``fold`` is the second
+    part. Over ``fold = 0 .. folds - 1`` every item is in the second part exactly once (scikit-
+    learn's ``StratifiedGroupKFold`` idea, https://scikit-learn.org/stable/modules/cross_validation.html).
+
+    Args:
+        labels: class index of each item.
+        folds: number of folds, ``>= 2``.
+        fold: the held-out fold, ``0 <= fold < folds``.
+        seed: seeds the order of the groups (``numpy.random.default_rng``).
+        groups: optional group key of each item; groups are never split.
+
+    Returns:
+        ``(train_indices, val_indices)``, each sorted, as ``int64`` arrays.
+
+    Raises:
+        ValueError: ``fold`` is out of range, or a class has fewer groups (or images) than
+            ``folds``, so some fold would hold none of it.
+    """
+    if not 0 <= fold < folds:
+        raise ValueError(f"data.fold={fold} is outside 0..{folds - 1} (data.folds={folds}).")
+    rng = np.random.default_rng(seed)
+    labels_arr = np.asarray(labels)
+    keys = np.asarray(groups if groups is not None else [str(i) for i in range(len(labels))])
+    train_idx, val_idx = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    for label in np.unique(labels_arr):
+        idx = np.flatnonzero(labels_arr == label)
+        names = sorted(set(keys[idx]))
+        if len(names) < folds:
+            kind = "image" if groups is None else "group"
+            raise ValueError(f"class {label} has {len(names)} {kind}(s), fewer than "
+                             f"data.folds={folds}: lower data.folds.")
+        for position, g in enumerate(rng.permutation(len(names))):
+            members = idx[keys[idx] == names[g]]
+            (val_idx if position % folds == fold else train_idx).append(members)
+    return np.sort(np.concatenate(train_idx)), np.sort(np.concatenate(val_idx))
+
+
 def group_keys(paths: tuple[str, ...], pattern: str) -> tuple[str, ...]:
     """The group key of each file: ``pattern``'s first group on the file name without suffix,
     or the whole name when it does not match."""
@@ -298,7 +338,8 @@ def load_splits(data_cfg: DataConfig, seed: int) -> Splits:
     checks.
 
     Raises:
-        FileNotFoundError, ValueError: see ``list_split`` and ``check_split``.
+        FileNotFoundError, ValueError: see ``list_split``, ``check_split``, ``stratified_split``
+            and ``kfold_split``.
     """
     root = Path(data_cfg.root)
     if data_cfg.source == "tfds" and not root.exists():
@@ -314,8 +355,12 @@ def load_splits(data_cfg: DataConfig, seed: int) -> Splits:
     class_names = full_train.class_names
     groups = (group_keys(full_train.paths, data_cfg.group_pattern)
               if data_cfg.split_by == "group" else None)
-    train_idx, val_idx = stratified_split(full_train.labels, data_cfg.validation_fraction, seed,
-                                          groups)
+    if data_cfg.folds:
+        train_idx, val_idx = kfold_split(full_train.labels, data_cfg.folds, data_cfg.fold, seed,
+                                         groups)
+    else:
+        train_idx, val_idx = stratified_split(full_train.labels, data_cfg.validation_fraction,
+                                              seed, groups)
     optional = {}
     for name, folder in (("test", "test"), ("validation_folder", "validation")):
         optional[name] = None

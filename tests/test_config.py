@@ -56,6 +56,15 @@ def test_out_of_range_value():
     assert str(err.value) == "config key 'train.epochs' = -1 is out of range: expected an integer >= 1."
 
 
+def test_fold_must_be_one_of_the_folds():
+    with pytest.raises(ConfigError, match=r"'data.fold' = 7 is out of range: expected between 0 "
+                                          r"and data.folds - 1 = 6"):
+        build_config(overrides=["data.folds=7", "data.fold=7"])
+    with pytest.raises(ConfigError, match=r"'data.folds' = 1 is out of range"):
+        build_config(overrides=["data.folds=1"])
+    assert build_config(overrides=["data.folds=7", "data.fold=6"]).data.fold == 6
+
+
 def test_invalid_choice_lists_options():
     with pytest.raises(ConfigError) as err:
         build_config(overrides=["train.optimizer=adamv"])

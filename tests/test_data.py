@@ -9,7 +9,7 @@ import pytest
 
 from rps.config import build_config
 from rps.data import (check_split, fingerprint, list_split, load_splits, make_eval_dataset,
-                      make_train_dataset, stratified_split)
+                      kfold_split, make_train_dataset, stratified_split)
 
 from conftest import CLASSES, make_image
 
@@ -148,6 +148,35 @@ def test_group_split_never_splits_a_group():
     train_groups, val_groups = {groups[i] for i in train}, {groups[i] for i in val}
     assert train_groups.isdisjoint(val_groups)
     assert np.bincount(np.asarray(labels)[val]).tolist() == [10, 10, 10]  # one group per class
+
+
+def test_group_kfold_holds_out_every_group_exactly_once():
+    from rps.data import group_keys
+
+    paths = tuple(f"/d/{c}/{c}{h:02d}-{i:03d}.jpg" for c in "abc" for h in range(4) for i in range(10))
+    labels = tuple(k // 40 for k in range(120))
+    groups = group_keys(paths, r"^(.*)-\d+$")
+    held_out = []
+    for fold in range(4):
+        train, val = kfold_split(labels, 4, fold, seed=0, groups=groups)
+        assert {groups[i] for i in train}.isdisjoint({groups[i] for i in val})
+        assert sorted(np.concatenate([train, val]).tolist()) == list(range(120))
+        assert np.bincount(np.asarray(labels)[val]).tolist() == [10, 10, 10]  # one hand per class
+        held_out += val.tolist()
+    assert sorted(held_out) == list(range(120))
+    # The seed draws which hands share a fold; the same seed draws the same folds.
+    np.testing.assert_array_equal(kfold_split(labels, 4, 1, 0, groups)[1],
+                                  kfold_split(labels, 4, 1, 0, groups)[1])
+    assert any(not np.array_equal(kfold_split(labels, 4, f, 0, groups)[1],
+                                  kfold_split(labels, 4, f, 1, groups)[1]) for f in range(4))
+
+
+def test_kfold_errors_name_the_problem():
+    groups = ("g", "g", "h", "i")
+    with pytest.raises(ValueError, match="class 0 has 1 group.*data.folds=2"):
+        kfold_split((0, 0, 1, 1), 2, 0, seed=0, groups=groups)
+    with pytest.raises(ValueError, match="data.fold=2 is outside 0..1"):
+        kfold_split((0, 0, 1, 1), 2, 2, seed=0)
 
 
 def test_group_split_needs_two_groups_per_class():

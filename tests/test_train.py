@@ -55,3 +55,31 @@ def test_train_checkpoint_chooses_the_returned_weights(tiny_root, tmp_path, chec
         best.load_weights(str(tmp_path / "run" / "checkpoints" / "best.weights.h5"))
         for got, expected in zip(result.model.get_weights(), best.get_weights()):
             np.testing.assert_array_equal(got, expected)
+
+
+def test_cross_validation_scores_every_training_image_once(tiny_root, tmp_path):
+    # scripts/cross_validation.py: 2 folds of the 24 train/ images of the tiny folder, so every
+    # image is held out by exactly one fold; test/ goes to its own file.
+    out = tmp_path / "cv"
+    run = subprocess.run(
+        [sys.executable, "scripts/cross_validation.py", "--config", "configs/smoke.yaml",
+         "--folds", "2", "--out", str(out), f"data.root={tiny_root}", "data.image_size=32",
+         "data.max_images_per_class=0", "train.epochs=1", "train.profile_batches=0"],
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    cv = json.loads((out / "cv.json").read_text())
+    assert cv["total"]["folds_done"] == [0, 1] and cv["total"]["held_out"]["images"] == 24
+    hands = [h for fold in cv["folds"].values() for h in fold["held_out"]["errors_per_hand"]]
+    assert sorted(hands) == sorted(f"{c}{i:02d}" for c in ("paper", "rock", "scissors") for i in range(8))
+    assert cv["total"]["held_out"]["errors"] == sum(
+        sum(f["held_out"]["errors_per_hand"].values()) for f in cv["folds"].values())
+    assert cv["folds"]["0"]["validation_folder"]["images"] == 6
+    assert "test" not in cv["folds"]["0"]
+    assert set(json.loads((out / "test.json").read_text())) == {"0", "1"}
+    # Rerunning into the same folder with another config is refused.
+    again = subprocess.run(
+        [sys.executable, "scripts/cross_validation.py", "--config", "configs/smoke.yaml",
+         "--folds", "2", "--only", "0", "--out", str(out), f"data.root={tiny_root}",
+         "data.image_size=48", "data.max_images_per_class=0", "train.epochs=1"],
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert again.returncode != 0 and "another config" in again.stderr
