@@ -12,7 +12,7 @@ never trained on it.
 Outputs in ``--out``:
 
 - ``cv.json``: per fold and in total, errors, top-1 and mean negative log-likelihood (nats) on
-  the held-out hands, errors per hand (group key), and the same on ``validation/``. Decide on
+  the held-out hands, the same per hand (group key), and on ``validation/``. Decide on
   this file.
 - ``test.json``: ``test/`` top-1 and errors per fold, written for the record and read by
   nothing here; it is not a decision input.
@@ -26,11 +26,11 @@ Usage: ``python scripts/cross_validation.py --folds 7 --out saved_models/cv [key
 from __future__ import annotations
 
 import argparse
-import collections
 import dataclasses
 import json
 from pathlib import Path
 
+import numpy as np
 from averaging_experiment import nll_and_accuracy
 
 
@@ -73,11 +73,9 @@ def main() -> None:
             probabilities = predict_probabilities(model, x)
             scores = {**nll_and_accuracy(probabilities, y), "images": len(y)}
             if name == "held_out":
-                wrong = collections.Counter(
-                    g for g, p, t in zip(group_keys(split.paths, cfg.data.group_pattern),
-                                         probabilities.argmax(1), y) if p != t)
-                hands = sorted(set(group_keys(split.paths, cfg.data.group_pattern)))
-                scores["errors_per_hand"] = {h: wrong.get(h, 0) for h in hands}
+                hands = np.asarray(group_keys(split.paths, cfg.data.group_pattern))
+                scores["per_hand"] = {h: nll_and_accuracy(probabilities[hands == h], y[hands == h])
+                                      for h in sorted(set(hands))}
             (test.setdefault(str(fold), {}) if name == "test" else row)[name] = scores
         cv["folds"][str(fold)] = row
         cv["total"] = {
@@ -89,7 +87,8 @@ def main() -> None:
         cv_file.write_text(json.dumps(cv, indent=1))
         test_file.write_text(json.dumps(test, indent=1))
         print(json.dumps({"fold": fold, **{k: v["errors"] for k, v in row.items()},
-                          "errors_per_hand": row["held_out"]["errors_per_hand"]}), flush=True)
+                          "errors_per_hand": {h: r["errors"] for h, r in
+                                              row["held_out"]["per_hand"].items()}}), flush=True)
     print(json.dumps(cv["total"], indent=1))
 
 

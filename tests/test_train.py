@@ -69,10 +69,10 @@ def test_cross_validation_scores_every_training_image_once(tiny_root, tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     cv = json.loads((out / "cv.json").read_text())
     assert cv["total"]["folds_done"] == [0, 1] and cv["total"]["held_out"]["images"] == 24
-    hands = [h for fold in cv["folds"].values() for h in fold["held_out"]["errors_per_hand"]]
+    hands = [h for fold in cv["folds"].values() for h in fold["held_out"]["per_hand"]]
     assert sorted(hands) == sorted(f"{c}{i:02d}" for c in ("paper", "rock", "scissors") for i in range(8))
     assert cv["total"]["held_out"]["errors"] == sum(
-        sum(f["held_out"]["errors_per_hand"].values()) for f in cv["folds"].values())
+        r["errors"] for f in cv["folds"].values() for r in f["held_out"]["per_hand"].values())
     assert cv["folds"]["0"]["validation_folder"]["images"] == 6
     assert "test" not in cv["folds"]["0"]
     assert set(json.loads((out / "test.json").read_text())) == {"0", "1"}
