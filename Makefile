@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 CONFIG ?= configs/default.yaml
 SHARED_DATA := $(abspath ../shared/data/rps)
 
-.PHONY: install install-backends lock data train test bench bench-backends ablations stress tune tensorboard docs docker-build docker-train clean
+.PHONY: install install-backends lock data train test bench bench-backends ablations cv stress tune tensorboard docs docker-build docker-train clean
 
 install: $(VENV)/.installed
 
@@ -83,6 +83,14 @@ bench: install data
 # Epoch time of the default config on each Keras backend, one process each (about 5 minutes).
 bench-backends: install install-backends data
 	$(BIN)/rps bench --config $(CONFIG) --backends tensorflow,jax,torch --docs docs/benchmarks.md
+
+# Decide config changes without test/: 7-fold cross-validation over the 21 hands of train/
+# (docs/experiments.md), one full training per fold (about 50-70 minutes); config overrides in
+# OVERRIDES, results in saved_models/cv-<name>/cv.json.
+CV_NAME ?= default
+cv: install data
+	$(BIN)/python scripts/cross_validation.py --config $(CONFIG) --folds 7 \
+		--out saved_models/cv-$(CV_NAME) $(OVERRIDES)
 
 # Crash safety (docs/reliability.md): 10 smoke runs SIGKILLed at random moments (seeded), each
 # rerun with the same command; reports how many end complete and valid (about 10 minutes).
