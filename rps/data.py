@@ -229,6 +229,27 @@ def check_leaks(train: ImageSplit, held_out: list[ImageSplit | None], data_cfg: 
             log.warning("%s", leak_message(train, split, pairs))
 
 
+def _members_per_class(labels: tuple[int, ...], groups: tuple[str, ...] | None, at_least: int,
+                       why: str) -> list[tuple[int, list[np.ndarray]]]:
+    """Per class (ascending), the index arrays of its groups sorted by group key (single items
+    when ``groups`` is None); the shared start of ``stratified_split`` and ``kfold_split``.
+
+    Raises:
+        ValueError: a class has fewer than ``at_least`` groups (or items); ``why`` ends the message.
+    """
+    labels_arr = np.asarray(labels)
+    keys = np.asarray(groups if groups is not None else [str(i) for i in range(len(labels))])
+    per_class = []
+    for label in np.unique(labels_arr):
+        idx = np.flatnonzero(labels_arr == label)
+        members = [idx[keys[idx] == k] for k in sorted(set(keys[idx]))]
+        if len(members) < at_least:
+            kind = "image" if groups is None else "group"
+            raise ValueError(f"class {label} has {len(members)} {kind}(s); {why}.")
+        per_class.append((int(label), members))
+    return per_class
+
+
 def stratified_split(labels: tuple[int, ...], fraction: float, seed: int,
                      groups: tuple[str, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Split indices per class so that each class sends about ``fraction`` of its images to the
@@ -248,18 +269,12 @@ def stratified_split(labels: tuple[int, ...], fraction: float, seed: int,
         ValueError: a class has fewer than 2 images (or groups), so it cannot be in both parts.
     """
     rng = np.random.default_rng(seed)
-    labels_arr = np.asarray(labels)
-    keys = np.asarray(groups if groups is not None else [str(i) for i in range(len(labels))])
     train_idx, val_idx = [], [np.zeros(0, np.int64)]
-    for label in np.unique(labels_arr):
-        idx = np.flatnonzero(labels_arr == label)
-        members = [idx[keys[idx] == k] for k in sorted(set(keys[idx]))]
-        if len(members) < 2:
-            kind = "image" if groups is None else "group"
-            raise ValueError(f"class {label} has {len(members)} {kind}(s); a train/val split "
-                             f"needs >= 2 (lower data.validation_fraction or use split_by=file).")
+    for _, members in _members_per_class(
+            labels, groups, 2, "a train/val split needs >= 2 (lower data.validation_fraction "
+                               "or use split_by=file)"):
         order = rng.permutation(len(members))
-        target, taken = fraction * len(idx), 0
+        target, taken = fraction * sum(len(m) for m in members), 0
         for n_groups, g in enumerate(order):
             size = len(members[g])
             if n_groups and (n_groups == len(members) - 1 or abs(taken + size - target) >= abs(taken - target)):
@@ -294,19 +309,11 @@ def kfold_split(labels: tuple[int, ...], folds: int, fold: int, seed: int,
     if not 0 <= fold < folds:
         raise ValueError(f"data.fold={fold} is outside 0..{folds - 1} (data.folds={folds}).")
     rng = np.random.default_rng(seed)
-    labels_arr = np.asarray(labels)
-    keys = np.asarray(groups if groups is not None else [str(i) for i in range(len(labels))])
     train_idx, val_idx = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
-    for label in np.unique(labels_arr):
-        idx = np.flatnonzero(labels_arr == label)
-        names = sorted(set(keys[idx]))
-        if len(names) < folds:
-            kind = "image" if groups is None else "group"
-            raise ValueError(f"class {label} has {len(names)} {kind}(s), fewer than "
-                             f"data.folds={folds}: lower data.folds.")
-        for position, g in enumerate(rng.permutation(len(names))):
-            members = idx[keys[idx] == names[g]]
-            (val_idx if position % folds == fold else train_idx).append(members)
+    for _, members in _members_per_class(labels, groups, folds,
+                                         f"fewer than data.folds={folds}: lower data.folds"):
+        for position, g in enumerate(rng.permutation(len(members))):
+            (val_idx if position % folds == fold else train_idx).append(members[g])
     return np.sort(np.concatenate(train_idx)), np.sort(np.concatenate(val_idx))
 
 
