@@ -61,3 +61,18 @@ def real_root() -> Path:
 def smoke_overrides(real_root, tmp_path) -> list[str]:
     """Overrides that point configs/smoke.yaml at the real data and a temporary output folder."""
     return [f"data.root={real_root}", f"output_dir={tmp_path / 'runs'}"]
+
+
+@pytest.fixture(scope="session")
+def smoke_run(real_root, tmp_path_factory):
+    """One complete smoke run (configs/smoke.yaml on the real data), shared by the pipeline,
+    TensorBoard and TFLite tests: ``(config, run folder)``. It writes TensorBoard scalars every 2
+    steps and profiles steps 3-4, so the TensorBoard tests find every plugin's data. Tests must
+    not change its files: copy the folder first (as the TFLite tests do)."""
+    from rps.config import load_config
+    from rps.pipeline import run
+
+    cfg = load_config(REPO / "configs" / "smoke.yaml",
+                      [f"data.root={real_root}", f"output_dir={tmp_path_factory.mktemp('runs')}",
+                       "train.tensorboard_update_freq=2", "train.profile_batches=3,4"])
+    return cfg, run(cfg, argv=["test"])

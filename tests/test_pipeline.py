@@ -9,23 +9,12 @@ import json
 import numpy as np
 import pytest
 
-from rps.config import load_config
 from rps.data import load_splits, make_eval_dataset
 from rps.evaluate import collect
-from rps.pipeline import run
 from rps.predict import load_predictor, predict_files
 from rps.runs import is_complete
 
-from conftest import REPO
-
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def smoke_run(real_root, tmp_path_factory):
-    cfg = load_config(REPO / "configs" / "smoke.yaml",
-                      [f"data.root={real_root}", f"output_dir={tmp_path_factory.mktemp('runs')}"])
-    return cfg, run(cfg, argv=["test"])
 
 
 def test_run_folder_is_complete(smoke_run):

@@ -85,13 +85,9 @@ def _wait_for(url: str, ready, timeout: float = 60.0, body: dict | None = None):
 
 
 @pytest.fixture(scope="module")
-def smoke_run_dir(real_root, tmp_path_factory) -> Path:
-    from rps.pipeline import run
-
-    cfg = load_config(REPO / "configs" / "smoke.yaml",
-                      [f"data.root={real_root}", f"output_dir={tmp_path_factory.mktemp('runs')}",
-                       "train.tensorboard_update_freq=2", "train.profile_batches=3,4"])
-    return run(cfg, argv=["test"])
+def smoke_run_dir(smoke_run) -> Path:
+    """The shared smoke run of conftest.py (scalars every 2 steps, steps 3-4 profiled)."""
+    return smoke_run[1]
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ LiteRT, one preprocessing path, the variants table."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -13,25 +14,21 @@ from rps.config import QUANTIZE_VARIANTS, ConfigError, load_config, parse_quanti
 from rps.data import load_splits, make_eval_dataset
 from rps.evaluate import collect
 from rps.export import artifact_name, write_tflite_variants
-from rps.pipeline import run
 from rps.predict import load_predictor, predict_files, read_labels
 from rps.preprocess import load_image
 from rps.tflite import (VARIANT_FILES, bench, calibration_images, convert_variant,
                         evaluate_variants, list_ops, read_metadata)
-
-from conftest import REPO
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("mediapipe")
 
 
 @pytest.fixture(scope="module")
-def smoke(real_root, tmp_path_factory):
-    """A complete smoke run with all four TFLite variants, and its test images."""
-    cfg = load_config(REPO / "configs" / "smoke.yaml",
-                      [f"data.root={real_root}", f"output_dir={tmp_path_factory.mktemp('runs')}",
-                       "export.quantize=none"])
-    run_dir = run(cfg, argv=["test"])
+def smoke(smoke_run, tmp_path_factory):
+    """A copy of the shared smoke run with all four TFLite variants, and its test images."""
+    cfg, shared = smoke_run
+    run_dir = tmp_path_factory.mktemp("tflite") / shared.name
+    shutil.copytree(shared, run_dir)
     splits = load_splits(cfg.data, cfg.seed)
     calibration = calibration_images(splits.train, cfg.data, cfg.export.calibration_images,
                                       cfg.seed)
