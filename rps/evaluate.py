@@ -57,6 +57,22 @@ def compute_metrics(labels: np.ndarray, probabilities: np.ndarray,
             "class_names": list(class_names)}
 
 
+def nll_and_accuracy(probabilities: np.ndarray, labels: np.ndarray) -> dict:
+    """Mean negative log-likelihood and top-1 of ``float [N, C]`` probabilities against
+    ``int [N]`` labels, for comparing configs (``scripts/cross_validation.py``).
+
+    Returns:
+        ``{"nll": mean -ln p(true class), nats (probabilities clipped to >= 1e-7; the
+        targets are one-hot, whatever label smoothing training used), "top1": float,
+        "errors": int}``.
+    """
+    p = np.clip(probabilities[np.arange(len(labels)), labels], 1e-7, 1.0)
+    predicted = np.argmax(probabilities, 1)
+    return {"nll": float(-np.mean(np.log(p))),
+            "top1": float(np.mean(predicted == labels)),
+            "errors": int(np.sum(predicted != labels))}
+
+
 def evaluate(model_or_path, dataset: tf.data.Dataset, class_names: tuple[str, ...],
              reference: np.ndarray | None = None) -> tuple[dict, np.ndarray]:
     """Evaluate a model on an evaluation dataset (see ``rps.data.make_eval_dataset``).

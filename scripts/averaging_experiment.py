@@ -30,15 +30,6 @@ import keras
 import numpy as np
 
 
-def nll_and_accuracy(probabilities: np.ndarray, labels: np.ndarray) -> dict:
-    """Mean negative log-likelihood (nats, no label smoothing) and top-1 of ``[N, C]``
-    probabilities against ``int [N]`` labels."""
-    p = np.clip(probabilities[np.arange(len(labels)), labels], 1e-7, 1.0)
-    return {"nll": float(-np.mean(np.log(p))),
-            "top1": float(np.mean(np.argmax(probabilities, 1) == labels)),
-            "errors": int(np.sum(np.argmax(probabilities, 1) != labels))}
-
-
 def recompute_batchnorm(model: keras.Model, batches) -> None:
     """Replace every BatchNormalization layer's moving mean and variance by their average over
     ``batches`` (training-mode forward passes; the cumulative average of SWA's ``bn_update``)."""
@@ -66,7 +57,7 @@ def main() -> None:
 
     from rps.config import load_config
     from rps.data import load_splits, make_eval_dataset
-    from rps.evaluate import collect, predict_probabilities
+    from rps.evaluate import collect, nll_and_accuracy, predict_probabilities
     from rps.models import add_softmax, build_model
     from rps.train import make_fit_datasets, train
 

@@ -31,7 +31,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-from averaging_experiment import nll_and_accuracy
 
 
 def main() -> None:
@@ -45,7 +44,7 @@ def main() -> None:
 
     from rps.config import load_config
     from rps.data import group_keys, load_splits, make_eval_dataset
-    from rps.evaluate import collect, predict_probabilities
+    from rps.evaluate import collect, nll_and_accuracy, predict_probabilities
     from rps.models import add_softmax
     from rps.train import train
 
