@@ -3,11 +3,11 @@
 import copy
 import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO
+
 spec = importlib.util.spec_from_file_location("compare_cv", REPO / "scripts" / "compare_cv.py")
 compare_cv = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(compare_cv)

@@ -11,7 +11,8 @@ from rps.cli import build_parser
 from rps.cluster import cluster_tf_config, worker_info
 from rps.config import load_config
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO
+
 WORKDIR = Path("/app")  # docker/Dockerfile.*'s WORKDIR
 
 
