@@ -230,9 +230,9 @@ def check_leaks(train: ImageSplit, held_out: list[ImageSplit | None], data_cfg: 
 
 
 def _members_per_class(labels: tuple[int, ...], groups: tuple[str, ...] | None, at_least: int,
-                       why: str) -> list[tuple[int, list[np.ndarray]]]:
-    """Per class (ascending), the index arrays of its groups sorted by group key (single items
-    when ``groups`` is None); the shared start of ``stratified_split`` and ``kfold_split``.
+                       why: str) -> list[list[np.ndarray]]:
+    """Per class (ascending label), the index arrays of its groups sorted by group key (single
+    items when ``groups`` is None); the shared start of ``stratified_split`` and ``kfold_split``.
 
     Raises:
         ValueError: a class has fewer than ``at_least`` groups (or items); ``why`` ends the message.
@@ -246,7 +246,7 @@ def _members_per_class(labels: tuple[int, ...], groups: tuple[str, ...] | None, 
         if len(members) < at_least:
             kind = "image" if groups is None else "group"
             raise ValueError(f"class {label} has {len(members)} {kind}(s); {why}.")
-        per_class.append((int(label), members))
+        per_class.append(members)
     return per_class
 
 
@@ -270,7 +270,7 @@ def stratified_split(labels: tuple[int, ...], fraction: float, seed: int,
     """
     rng = np.random.default_rng(seed)
     train_idx, val_idx = [], [np.zeros(0, np.int64)]
-    for _, members in _members_per_class(
+    for members in _members_per_class(
             labels, groups, 2, "a train/val split needs >= 2 (lower data.validation_fraction "
                                "or use split_by=file)"):
         order = rng.permutation(len(members))
@@ -310,8 +310,8 @@ def kfold_split(labels: tuple[int, ...], folds: int, fold: int, seed: int,
         raise ValueError(f"data.fold={fold} is outside 0..{folds - 1} (data.folds={folds}).")
     rng = np.random.default_rng(seed)
     train_idx, val_idx = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
-    for _, members in _members_per_class(labels, groups, folds,
-                                         f"fewer than data.folds={folds}: lower data.folds"):
+    for members in _members_per_class(labels, groups, folds,
+                                      f"fewer than data.folds={folds}: lower data.folds"):
         for position, g in enumerate(rng.permutation(len(members))):
             (val_idx if position % folds == fold else train_idx).append(members[g])
     return np.sort(np.concatenate(train_idx)), np.sort(np.concatenate(val_idx))
