@@ -1,4 +1,5 @@
-"""Evaluation: top-1 accuracy, per-class precision and recall, confusion matrix.
+"""Evaluation: top-1 accuracy, per-class precision and recall, confusion matrix; negative
+log-likelihood per image set for comparing configs (``nll_and_accuracy``).
 
 Usage: ``metrics = evaluate(model_or_path, eval_dataset, class_names)``.
 
