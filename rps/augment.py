@@ -358,7 +358,8 @@ def make_augment_layers(aug_cfg: AugmentConfig, seed: int) -> list[layers.Layer]
 
     Order: geometry first (with ``fused``, on the cached ``uint8`` pixels, before the cast to
     float32), then the background (it finds the white background, which the "nearest" fill has
-    extended to the new borders, before colour changes tint it), then colour, blur and noise.
+    extended to the new borders, before colour changes tint it), then colour, blur, noise and
+    random erasing (Keras ``RandomErasing`` in both modes).
     With ``aug_cfg.fused`` (the default), flip, rotation, zoom and translation are one
     ``RandomAffine``, contrast and brightness one ``RandomContrastBrightness``, saturation and
     hue one ``RandomSaturationHue``, and blur ``RandomBlur`` (same draws, fewer passes over the
@@ -423,6 +424,12 @@ def make_augment_layers(aug_cfg: AugmentConfig, seed: int) -> list[layers.Layer]
         *colour,
         (aug_cfg.blur, blur),
         (aug_cfg.noise, lambda s: RandomPixelNoise(aug_cfg.noise, seed=s, dtype=DTYPE, name="random_noise")),
+        # Last, so that the other layers keep their seeds. factor=(p, p): Keras draws each
+        # image's probability uniformly from the factor's range, so a single number p would
+        # erase only p / 2 of the images.
+        (aug_cfg.erasing, lambda s: layers.RandomErasing(
+            (aug_cfg.erasing, aug_cfg.erasing), value_range=value_range, seed=s, dtype=DTYPE,
+            name="random_erasing")),
     ]
     return [make(next(seeds)) for wanted, make in candidates if wanted]
 

@@ -87,7 +87,9 @@ class AugmentConfig:
     saturation by ``u / (1 - u)``, ``u`` uniform in ``[0, f]``, so 0.3 gives 0 to 0.43), ``blur`` is the blur
     factor of ``RandomGaussianBlur``, ``noise`` the standard deviation of (uniform) pixel noise
     (pixels, 0-255 scale), ``background`` the share of images whose white background is
-    replaced by a random texture (``rps.augment.RandomBackground``). ``0`` switches one off.
+    replaced by a random texture (``rps.augment.RandomBackground``), ``erasing`` the share of
+    images in which one random rectangle is replaced by noise (Keras ``RandomErasing``). ``0``
+    switches one off.
 
     Attributes:
         enabled: apply augmentation at all (``False``: training images as they are).
@@ -105,6 +107,8 @@ class AugmentConfig:
         blur: ``RandomGaussianBlur`` factor.
         noise: standard deviation of (uniform) pixel noise (pixels, 0-255 scale).
         background: share of images whose white background is replaced by a random texture.
+        erasing: share of images in which one random rectangle (2-33% of the area) is replaced
+            by noise: random erasing, Zhong et al. 2017, https://arxiv.org/abs/1708.04896.
         fused: the fast augmentation layers of ``rps.augment``: flip, rotation, zoom and
             translation as one affine resampling, contrast and brightness in one pass,
             saturation and hue without an HSV round trip, blur and background computed only
@@ -127,6 +131,7 @@ class AugmentConfig:
     blur: float = 0.0
     noise: float = 0.0
     background: float = 0.0
+    erasing: float = 0.0
     fused: bool = True
 
 
@@ -437,6 +442,7 @@ def _check(cfg: Config) -> None:
         ("augment.blur", 0.0 <= cfg.augment.blur <= 1.0, "in [0, 1]"),
         ("augment.noise", 0.0 <= cfg.augment.noise <= 64.0, "between 0 and 64 pixels"),
         ("augment.background", 0.0 <= cfg.augment.background <= 1.0, "a probability in [0, 1]"),
+        ("augment.erasing", 0.0 <= cfg.augment.erasing <= 1.0, "a probability in [0, 1]"),
         ("model.width", cfg.model.width >= 1, "an integer >= 1"),
         ("model.dropout_rate", 0.0 <= cfg.model.dropout_rate < 1.0, "in [0, 1)"),
         ("train.epochs", cfg.train.epochs >= 1, "an integer >= 1"),

@@ -27,15 +27,17 @@ def test_augmenter_changes_pixels_but_not_shape_or_range():
 def test_all_requested_layers_are_built():
     cfg = build_config(overrides=[
         "augment.brightness=0.2", "augment.vertical_flip=true", "augment.background=0.5",
-        "augment.saturation=0.3", "augment.hue=0.1", "augment.blur=0.2", "augment.noise=5"]).augment
+        "augment.saturation=0.3", "augment.hue=0.1", "augment.blur=0.2", "augment.noise=5",
+        "augment.erasing=0.25"]).augment
     names = [l.name for l in make_augment_layers(cfg, seed=0)]
     assert names == ["random_affine", "random_background", "random_contrast_brightness",
-                     "random_saturation_hue", "random_blur", "random_noise"]
+                     "random_saturation_hue", "random_blur", "random_noise", "random_erasing"]
     unfused = dataclasses.replace(cfg, fused=False)
     names = [l.name for l in make_augment_layers(unfused, seed=0)]
     assert names == ["random_flip", "random_rotation", "random_zoom", "random_translation",
                      "random_background", "random_contrast", "random_brightness",
-                     "random_saturation", "random_hue", "random_blur", "random_noise"]
+                     "random_saturation", "random_hue", "random_blur", "random_noise",
+                     "random_erasing"]
     for aug_cfg in (cfg, unfused):
         for batch in (_batch(), tf.cast(_batch(), tf.uint8)):  # float32 or the cached uint8
             y = make_augmenter(aug_cfg, seed=0)(batch)
@@ -171,6 +173,24 @@ def test_pixel_noise_level_stays_within_its_standard_deviation():
     per_image = noise.std(axis=1)
     assert per_image.max() <= 6.0 * 1.05 and per_image.max() > 5.0 and per_image.min() < 1.0
     assert abs(noise.mean()) < 0.05
+
+
+def test_random_erasing_erases_the_configured_share_of_images_one_rectangle_each():
+    cfg = build_config(overrides=[
+        "augment.horizontal_flip=false", "augment.rotation=0", "augment.zoom_in=0",
+        "augment.zoom_out=0", "augment.translation=0", "augment.contrast=0",
+        "augment.erasing=0.25"]).augment
+    assert [l.name for l in make_augment_layers(cfg, seed=0)] == ["random_erasing"]
+    x = tf.fill([800, 32, 32, 3], 128.0)
+    changed = (make_augmenter(cfg, seed=0)(x).numpy() != 128.0).any(axis=-1)  # [800, 32, 32]
+    erased = changed.reshape(800, -1).any(axis=1)
+    # 0.25 of the images (Keras would erase only 0.125 if given the single factor 0.25)
+    assert 0.20 < erased.mean() < 0.30
+    for mask in changed[erased]:
+        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        box = mask[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+        assert box.mean() > 0.9  # one rectangle of noise (a few noise pixels may equal 128)
+        assert 0.01 <= box.size / mask.size <= 0.4
 
 
 def test_random_blur_blurs_about_half_factor_of_the_images_and_keeps_flat_ones():
