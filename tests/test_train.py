@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -83,3 +84,21 @@ def test_cross_validation_scores_every_training_image_once(tiny_root, tmp_path):
          "data.image_size=48", "data.max_images_per_class=0", "train.epochs=1"],
         cwd=REPO, capture_output=True, text=True, timeout=600)
     assert again.returncode != 0 and "another config" in again.stderr
+
+
+def test_fit_datasets_fill_the_validation_cache_before_training(tiny_root):
+    # Keras stops each validation pass after the known number of batches, so the first pass
+    # alone would never complete the tf.data cache (TensorFlow discards a partial cache and
+    # decodes again). make_fit_datasets fills it: once it returns, the validation images are
+    # never read from disk again, even after a partial pass.
+    from rps.config import load_config
+    from rps.data import load_splits
+    from rps.train import make_fit_datasets
+
+    cfg = load_config(REPO / "configs" / "smoke.yaml", [f"data.root={tiny_root}", "data.image_size=32"])
+    splits = load_splits(cfg.data, cfg.seed)
+    _, val_ds, _ = make_fit_datasets(cfg, splits)
+    for path in splits.val.paths:
+        Path(path).unlink()
+    next(iter(val_ds))  # a partial pass
+    assert sum(len(y) for _, y in val_ds) == len(splits.val)
