@@ -9,10 +9,10 @@ a ``keras.Sequential``), which also works inside ``tf.data`` on the JAX and torc
 Layers: https://keras.io/api/layers/preprocessing_layers/image_augmentation/
 
 By default (``augment.fused``) the geometric transforms, contrast with brightness, saturation
-with hue, and blur are this module's ``RandomAffine``, ``RandomContrastBrightness``,
-``RandomSaturationHue`` and ``RandomBlur``: they draw their random parameters as the Keras
-layers do but touch each pixel fewer times, which cuts the cost of augmenting a batch to about
-a third (docs/experiments.md). ``augment.fused: false`` uses the Keras layers.
+with hue, blur and random erasing are this module's ``RandomAffine``,
+``RandomContrastBrightness``, ``RandomSaturationHue``, ``RandomBlur`` and ``RandomErasing``:
+they draw their random parameters as the Keras layers do but touch each pixel fewer times, which
+cuts the cost of augmenting a batch to about a third (docs/experiments.md). ``augment.fused: false`` uses the Keras layers.
 """
 
 from __future__ import annotations
@@ -178,6 +178,57 @@ class RandomPixelNoise(TFOpsLayer):
 
     def get_config(self):
         return {**super().get_config(), "stddev": self.stddev, "seed": self.seed}
+
+
+class RandomErasing(TFOpsLayer):
+    """Random erasing (Zhong et al. 2017, https://arxiv.org/abs/1708.04896) with the draws of
+    Keras's ``RandomErasing(factor=(probability, probability), scale)``: each image is chosen
+    with ``probability``; in a chosen image, one rectangle whose width and height are
+    ``sqrt(u)`` of the image's (``u`` uniform in ``scale``, drawn for each side), at a uniform
+    position, becomes clipped Gaussian noise (``N(0, 1) x 255``, clipped to 0-255: about half
+    the pixels 0, the rest spread over 0-255). Only the chosen images are computed, and only
+    they draw noise: the Keras layer draws noise for every pixel of the batch and costs about as
+    much as all the other augmentations together.
+
+    Input and output: ``float32 [B, H, W, 3]`` pixels 0-255.
+    """
+
+    def __init__(self, probability: float, scale: tuple[float, float] = (0.02, 0.33),
+                 seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.probability, self.scale, self.seed = probability, tuple(scale), seed
+
+    def call(self, images, training=True):
+        import tensorflow as tf
+
+        if not training:
+            return images
+
+        def erase(chosen_images):
+            shape = tf.shape(chosen_images)
+            batch, height, width = shape[0], shape[1], shape[2]
+            side = tf.sqrt(self.draw([batch, 2], self.scale[0], self.scale[1], 1))  # [N, 2]
+            where = self.draw([batch, 2], 0.0, 1.0, 2)
+            sizes = tf.cast(tf.stack([width, height]), tf.float32)  # x, y
+            length = side * sizes
+            start = where * (sizes - length)
+
+            def inside(axis_size, k):  # bool [N, axis_size]: pixel index in [start, start + length)
+                grid = tf.range(axis_size, dtype=tf.float32)[None, :]
+                return (grid >= start[:, k:k + 1]) & (grid < start[:, k:k + 1] + length[:, k:k + 1])
+
+            mask = inside(height, 1)[:, :, None, None] & inside(width, 0)[:, None, :, None]
+            noise = tf.clip_by_value(
+                tf.random.normal(shape, seed=None if self.seed is None else self.seed + 3) * 255.0,
+                0.0, 255.0)
+            return tf.where(mask, noise, chosen_images)
+
+        chosen = self.draw([tf.shape(images)[0]], 0.0, 1.0, 0) < self.probability
+        return apply_to_some(images, chosen, erase)
+
+    def get_config(self):
+        return {**super().get_config(), "probability": self.probability, "scale": self.scale,
+                "seed": self.seed}
 
 
 class RandomAffine(TFOpsLayer):
@@ -359,11 +410,11 @@ def make_augment_layers(aug_cfg: AugmentConfig, seed: int) -> list[layers.Layer]
     Order: geometry first (with ``fused``, on the cached ``uint8`` pixels, before the cast to
     float32), then the background (it finds the white background, which the "nearest" fill has
     extended to the new borders, before colour changes tint it), then colour, blur, noise and
-    random erasing (Keras ``RandomErasing`` in both modes).
+    random erasing.
     With ``aug_cfg.fused`` (the default), flip, rotation, zoom and translation are one
     ``RandomAffine``, contrast and brightness one ``RandomContrastBrightness``, saturation and
-    hue one ``RandomSaturationHue``, and blur ``RandomBlur`` (same draws, fewer passes over the
-    pixels); otherwise each is its Keras layer.
+    hue one ``RandomSaturationHue``, blur ``RandomBlur`` and random erasing ``RandomErasing``
+    (same draws, fewer passes over the pixels); otherwise each is its Keras layer.
 
     Args:
         aug_cfg: which augmentations and how strong (see ``AugmentConfig``).
@@ -394,6 +445,8 @@ def make_augment_layers(aug_cfg: AugmentConfig, seed: int) -> list[layers.Layer]
             (aug_cfg.saturation or aug_cfg.hue, lambda s: RandomSaturationHue(
                 aug_cfg.saturation, aug_cfg.hue, seed=s, dtype=DTYPE, name="random_saturation_hue"))]
         blur = lambda s: RandomBlur(aug_cfg.blur, seed=s, dtype=DTYPE, name="random_blur")  # noqa: E731
+        erasing = lambda s: RandomErasing(  # noqa: E731
+            aug_cfg.erasing, seed=s, dtype=DTYPE, name="random_erasing")
     else:
         geometry = [
             (flip, lambda s: layers.RandomFlip(flip, seed=s, dtype=DTYPE, name="random_flip")),
@@ -417,6 +470,11 @@ def make_augment_layers(aug_cfg: AugmentConfig, seed: int) -> list[layers.Layer]
         blur = lambda s: layers.RandomGaussianBlur(  # noqa: E731
             aug_cfg.blur, sigma=(0.1, 2.0), value_range=value_range, seed=s, dtype=DTYPE,
             name="random_blur")
+        # factor=(p, p): Keras draws each image's probability uniformly from the factor's
+        # range, so a single number p would erase only p / 2 of the images.
+        erasing = lambda s: layers.RandomErasing(  # noqa: E731
+            (aug_cfg.erasing, aug_cfg.erasing), value_range=value_range, seed=s, dtype=DTYPE,
+            name="random_erasing")
     candidates = [
         *geometry,
         (aug_cfg.background, lambda s: RandomBackground(aug_cfg.background, seed=s, dtype=DTYPE,
@@ -424,12 +482,8 @@ def make_augment_layers(aug_cfg: AugmentConfig, seed: int) -> list[layers.Layer]
         *colour,
         (aug_cfg.blur, blur),
         (aug_cfg.noise, lambda s: RandomPixelNoise(aug_cfg.noise, seed=s, dtype=DTYPE, name="random_noise")),
-        # Last, so that the other layers keep their seeds. factor=(p, p): Keras draws each
-        # image's probability uniformly from the factor's range, so a single number p would
-        # erase only p / 2 of the images.
-        (aug_cfg.erasing, lambda s: layers.RandomErasing(
-            (aug_cfg.erasing, aug_cfg.erasing), value_range=value_range, seed=s, dtype=DTYPE,
-            name="random_erasing")),
+        # Last, so that the other layers keep their seeds.
+        (aug_cfg.erasing, erasing),
     ]
     return [make(next(seeds)) for wanted, make in candidates if wanted]
 
