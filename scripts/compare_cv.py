@@ -14,6 +14,12 @@ written down before the runs: the candidate replaces the baseline only if all th
 ``test.json`` is not read. Usage:
 ``python scripts/compare_cv.py docs/cv/width40-seed42.cv.json saved_models/cv-NAME/cv.json``
 (prints the figures and the verdict; ``--json FILE`` also writes them).
+
+While the candidate's run is still going (its finished folds a subset of the baseline's), the
+same command gives the interim verdict instead: parts 2 and 3 compare the candidate's errors so
+far with the baseline's totals over all its folds, since more folds can only add errors; once
+either fails, the candidate cannot be adopted and its run can be stopped (the stopping rule of
+docs/experiments.md).
 """
 
 from __future__ import annotations
@@ -77,6 +83,47 @@ def compare(baseline: dict, candidate: dict, alpha: float = 0.1) -> dict:
     return result
 
 
+def interim(baseline: dict, candidate: dict) -> dict:
+    """Can an unfinished candidate run still pass parts 2 and 3 of the rule?
+
+    Errors only grow with more folds, so a part fails for good once the candidate's errors over
+    its finished folds exceed the baseline's over all of its folds. Part 1 (NLL) is not judged
+    on a subset of the hands.
+
+    Returns:
+        A dict: the finished folds, the candidate's errors so far, the baseline's errors on the
+        same folds and in total, ``checks`` (part 2 and part 3 still possible) and ``stop``
+        (True once either has failed).
+
+    Raises:
+        ValueError: the candidate has a fold the baseline lacks, or holds out other hands.
+    """
+    done = sorted(candidate["total"]["folds_done"])
+    extra = set(done) - set(baseline["total"]["folds_done"])
+    if extra:
+        raise ValueError(f"the candidate has folds the baseline lacks: {sorted(extra)}")
+    for fold in map(str, done):
+        hands = {side: sorted(cv["folds"][fold]["held_out"]["per_hand"])
+                 for side, cv in (("baseline", baseline), ("candidate", candidate))}
+        if hands["baseline"] != hands["candidate"]:
+            raise ValueError(f"fold {fold} holds out other hands (seed or --folds?): {hands}")
+
+    def errors(cv: dict, part: str, folds) -> int:
+        return sum(cv["folds"][str(f)][part]["errors"] for f in folds)
+
+    result: dict = {"folds": done, "checks": {}}
+    for part, check in (("held_out", "held_out_errors_not_higher"),
+                        ("validation_folder", "validation_folder_errors_not_higher")):
+        so_far = errors(candidate, part, done)
+        total = baseline["total"][part]["errors"]
+        result[part] = {"candidate_so_far": so_far,
+                        "baseline_same_folds": errors(baseline, part, done),
+                        "baseline_total": total}
+        result["checks"][check] = so_far <= total
+    result["stop"] = not all(result["checks"].values())
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("baseline", type=Path)
@@ -84,13 +131,18 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=0.1)
     parser.add_argument("--json", type=Path, help="also write the result here")
     args = parser.parse_args()
-    result = compare(json.loads(args.baseline.read_text()),
-                     json.loads(args.candidate.read_text()), args.alpha)
+    baseline, candidate = (json.loads(path.read_text()) for path in (args.baseline, args.candidate))
+    unfinished = (set(candidate["total"]["folds_done"]) < set(baseline["total"]["folds_done"]))
+    result = interim(baseline, candidate) if unfinished else compare(baseline, candidate, args.alpha)
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:
         args.json.write_text(text + "\n")
-    print("verdict:", "ADOPT the candidate" if result["adopt"] else "keep the baseline")
+    if unfinished:
+        print("interim verdict:", "STOP, keep the baseline (part 2 or 3 can no longer hold)"
+              if result["stop"] else "parts 2 and 3 can still hold: let the run finish")
+    else:
+        print("verdict:", "ADOPT the candidate" if result["adopt"] else "keep the baseline")
 
 
 if __name__ == "__main__":

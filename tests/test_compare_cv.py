@@ -41,3 +41,34 @@ def test_files_with_different_hands_or_folds_are_refused():
     unfinished["total"]["folds_done"] = [0, 1]
     with pytest.raises(ValueError, match="finished folds differ"):
         compare_cv.compare(base, unfinished)
+
+
+@pytest.mark.parametrize("name, folds, stop_on", [
+    # the three runs stopped early (docs/experiments.md), each for the part it records
+    ("aspect02", [0], {"held_out_errors_not_higher"}),
+    ("nodecay1d", [0, 1, 2, 3], {"held_out_errors_not_higher", "validation_folder_errors_not_higher"}),
+    ("erasing025", [0, 1, 2], {"validation_folder_errors_not_higher"}),
+])
+def test_interim_verdict_reproduces_the_recorded_stops(name, folds, stop_on):
+    base = load("width40")
+    result = compare_cv.interim(base, load(name))
+    assert result["folds"] == folds and result["stop"]
+    assert {check for check, ok in result["checks"].items() if not ok} == stop_on
+    assert result["held_out"]["baseline_total"] == 3
+    assert result["validation_folder"]["baseline_total"] == 1
+
+
+def test_interim_verdict_lets_a_run_go_on_while_both_parts_can_hold():
+    base = load("width40")
+    partial = copy.deepcopy(base)  # the baseline itself, after its first two folds
+    for fold in ("2", "3", "4", "5", "6"):
+        del partial["folds"][fold]
+    partial["total"]["folds_done"] = [0, 1]
+    result = compare_cv.interim(base, partial)
+    assert not result["stop"] and all(result["checks"].values())
+    assert result["held_out"] == {"candidate_so_far": 3, "baseline_same_folds": 3, "baseline_total": 3}
+    moved = copy.deepcopy(partial)
+    fold = moved["folds"]["1"]["held_out"]["per_hand"]
+    fold["rock99"] = fold.pop("rock03")
+    with pytest.raises(ValueError, match="other hands"):
+        compare_cv.interim(base, moved)
