@@ -12,7 +12,8 @@ By default (``augment.fused``) the geometric transforms, contrast with brightnes
 with hue, blur and random erasing are this module's ``RandomAffine``,
 ``RandomContrastBrightness``, ``RandomSaturationHue``, ``RandomBlur`` and ``RandomErasing``:
 they draw their random parameters as the Keras layers do but touch each pixel fewer times, which
-cuts the cost of augmenting a batch to about a third (docs/experiments.md). ``augment.fused: false`` uses the Keras layers.
+cuts the cost of augmenting a batch to about a third (docs/experiments.md).
+``augment.fused: false`` uses the Keras layers.
 """
 
 from __future__ import annotations

@@ -88,8 +88,8 @@ class AugmentConfig:
     factor of ``RandomGaussianBlur``, ``noise`` the standard deviation of (uniform) pixel noise
     (pixels, 0-255 scale), ``background`` the share of images whose white background is
     replaced by a random texture (``rps.augment.RandomBackground``), ``erasing`` the share of
-    images in which one random rectangle is replaced by noise (Keras ``RandomErasing``). ``0``
-    switches one off.
+    images in which one random rectangle is replaced by noise (``rps.augment.RandomErasing``).
+    ``0`` switches one off.
 
     Attributes:
         enabled: apply augmentation at all (``False``: training images as they are).

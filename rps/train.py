@@ -235,10 +235,11 @@ def make_fit_datasets(cfg: Config, splits: Splits) -> tuple[tf.data.Dataset, tf.
     train_ds = make_train_dataset(splits.train, cfg, augment).map(_one_hot(num_classes))
     val_ds = make_eval_dataset(splits.val, cfg.data).map(_one_hot(num_classes))
     if cfg.data.cache:
-        # Fill the in-memory cache of the validation images now. Keras reads a dataset of known
-        # cardinality for exactly that many batches, so its first validation pass never reaches
-        # the end of the data that completes a ``tf.data`` cache: TensorFlow would warn ("the
-        # partially cached contents of the dataset will be discarded") and decode them again.
+        # Fill the in-memory cache of the validation images now. Keras stops reading a dataset
+        # of known cardinality after that many batches, before the end-of-data signal that
+        # completes a ``tf.data`` cache; at full size the first validation pass left the cache
+        # partial, and TensorFlow warned ("the partially cached contents of the dataset will be
+        # discarded") and decoded the images again.
         for _ in val_ds:
             pass
     # Under MultiWorkerMirroredStrategy each worker keeps every N-th element. Said explicitly,
