@@ -20,6 +20,12 @@ same command gives the interim verdict instead: parts 2 and 3 compare the candid
 far with the baseline's totals over all its folds, since more folds can only add errors; once
 either fails, the candidate cannot be adopted and its run can be stopped (the stopping rule of
 docs/experiments.md).
+
+Replicates: one run's error counts move by chance (the A/A check of docs/experiments.md gave 3
+and 0 held-out errors for two runs of the same config), so each side may be several runs of its
+config (``--baseline A.json B.json --candidate C.json D.json``, the same number on each side).
+``pool`` merges them before the rule is applied: errors are summed over the runs and the NLL of
+each hand is averaged over them.
 """
 
 from __future__ import annotations
@@ -29,6 +35,46 @@ import json
 from pathlib import Path
 
 from scipy.stats import wilcoxon
+
+
+def pool(runs: list[dict]) -> dict:
+    """Merge replicate runs of one config into one ``cv.json``-shaped dict.
+
+    Per fold and in total, errors and images are summed over the runs; each hand's NLL and each
+    fold's ``validation/`` NLL are averaged over them. One run is returned unchanged.
+
+    Raises:
+        ValueError: no runs, or the runs differ in finished folds or in the hands of a fold.
+    """
+    if not runs:
+        raise ValueError("no runs to pool")
+    if len(runs) == 1:
+        return runs[0]
+    done = [sorted(run["total"]["folds_done"]) for run in runs]
+    if any(d != done[0] for d in done):
+        raise ValueError(f"replicate runs differ in finished folds: {done}")
+    folds = {}
+    for fold in map(str, done[0]):
+        hands = [sorted(run["folds"][fold]["held_out"]["per_hand"]) for run in runs]
+        if any(h != hands[0] for h in hands):
+            raise ValueError(f"replicate runs hold out other hands in fold {fold}: {hands}")
+        parts = [run["folds"][fold] for run in runs]
+        folds[fold] = {
+            "held_out": {
+                "errors": sum(p["held_out"]["errors"] for p in parts),
+                "images": sum(p["held_out"]["images"] for p in parts),
+                "per_hand": {hand: {
+                    "nll": sum(p["held_out"]["per_hand"][hand]["nll"] for p in parts) / len(parts),
+                    "errors": sum(p["held_out"]["per_hand"][hand]["errors"] for p in parts)}
+                    for hand in hands[0]}},
+            "validation_folder": {
+                "errors": sum(p["validation_folder"]["errors"] for p in parts),
+                "images": sum(p["validation_folder"]["images"] for p in parts),
+                "nll": sum(p["validation_folder"]["nll"] for p in parts) / len(parts)}}
+    total = {part: {key: sum(run["total"][part][key] for run in runs)
+                    for key in ("errors", "images")}
+             for part in ("held_out", "validation_folder")}
+    return {"folds": folds, "total": {**total, "folds_done": done[0]}, "runs": len(runs)}
 
 
 def per_hand_nll(cv: dict) -> dict[str, float]:
@@ -126,12 +172,26 @@ def interim(baseline: dict, candidate: dict) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("baseline", type=Path)
-    parser.add_argument("candidate", type=Path)
+    parser.add_argument("files", type=Path, nargs="*", help="BASELINE CANDIDATE (one run each)")
+    parser.add_argument("--baseline", type=Path, nargs="+", help="replicate runs of the baseline")
+    parser.add_argument("--candidate", type=Path, nargs="+", help="replicate runs of the candidate")
     parser.add_argument("--alpha", type=float, default=0.1)
     parser.add_argument("--json", type=Path, help="also write the result here")
     args = parser.parse_args()
-    baseline, candidate = (json.loads(path.read_text()) for path in (args.baseline, args.candidate))
+    if args.files:
+        if len(args.files) != 2 or args.baseline or args.candidate:
+            parser.error("give BASELINE CANDIDATE, or --baseline ... --candidate ..., not both")
+        args.baseline, args.candidate = [args.files[0]], [args.files[1]]
+    elif not (args.baseline and args.candidate):
+        parser.error("give BASELINE CANDIDATE, or --baseline ... --candidate ...")
+    if len(args.baseline) != len(args.candidate):
+        parser.error(f"{len(args.baseline)} baseline runs against {len(args.candidate)} candidate "
+                     "runs: error counts are only comparable with the same number on each side")
+    try:
+        baseline, candidate = (pool([json.loads(path.read_text()) for path in paths])
+                               for paths in (args.baseline, args.candidate))
+    except ValueError as error:
+        parser.error(str(error))
     unfinished = (set(candidate["total"]["folds_done"]) < set(baseline["total"]["folds_done"]))
     result = interim(baseline, candidate) if unfinished else compare(baseline, candidate, args.alpha)
     text = json.dumps(result, indent=2)

@@ -3,6 +3,8 @@
 import copy
 import importlib.util
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -72,3 +74,39 @@ def test_interim_verdict_lets_a_run_go_on_while_both_parts_can_hold():
     fold["rock99"] = fold.pop("rock03")
     with pytest.raises(ValueError, match="other hands"):
         compare_cv.interim(base, moved)
+
+
+def test_the_a_a_rerun_is_kept_out_by_nll_and_pooled_runs_sum_errors_and_average_nll():
+    # docs/experiments.md: the baseline run again is not "adopted" over itself (p = 0.54) though
+    # its error counts (0 against 3) pass parts 2 and 3.
+    base, rerun = load("width40"), load("width40-rerun")
+    aa = compare_cv.compare(base, rerun)
+    assert aa["p_one_sided"] == pytest.approx(0.54, abs=0.01) and not aa["adopt"]
+    assert aa["checks"]["held_out_errors_not_higher"] and aa["candidate"]["held_out_errors"] == 0
+    pooled = compare_cv.pool([base, rerun])
+    assert pooled["runs"] == 2 and pooled["total"]["folds_done"] == list(range(7))
+    assert pooled["total"]["held_out"] == {"errors": 3, "images": 5040}
+    assert pooled["total"]["validation_folder"] == {"errors": 2, "images": 462}
+    assert pooled["folds"]["0"]["held_out"]["per_hand"]["rock01"] == pytest.approx({
+        "nll": (base["folds"]["0"]["held_out"]["per_hand"]["rock01"]["nll"]
+                + rerun["folds"]["0"]["held_out"]["per_hand"]["rock01"]["nll"]) / 2,
+        "errors": 3})
+    # A pooled file goes through the rule like a single one: width 32 against the pooled
+    # baseline, with the single width-32 run counted twice, is still rejected on every part.
+    w32 = compare_cv.compare(pooled, compare_cv.pool([load("width32")] * 2))
+    assert w32["candidate"]["held_out_errors"] == 12 and not any(w32["checks"].values())
+    assert compare_cv.pool([base]) is base
+    with pytest.raises(ValueError, match="differ in finished folds"):
+        compare_cv.pool([base, load("erasing025")])
+
+
+def test_cli_takes_replicates_and_refuses_unequal_numbers_of_runs():
+    cv = [str(REPO / "docs" / "cv" / f"{name}-seed42.cv.json") for name in ("width40", "width32")]
+    script = str(REPO / "scripts" / "compare_cv.py")
+    one = subprocess.run([sys.executable, script, *cv], capture_output=True, text=True, check=True)
+    flags = subprocess.run([sys.executable, script, "--baseline", cv[0], "--candidate", cv[1]],
+                           capture_output=True, text=True, check=True)
+    assert one.stdout == flags.stdout and "verdict: keep the baseline" in one.stdout
+    unequal = subprocess.run([sys.executable, script, "--baseline", cv[0], cv[0],
+                              "--candidate", cv[1]], capture_output=True, text=True)
+    assert unequal.returncode == 2 and "2 baseline runs against 1 candidate runs" in unequal.stderr
