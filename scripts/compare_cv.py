@@ -40,8 +40,9 @@ from scipy.stats import wilcoxon
 def pool(runs: list[dict]) -> dict:
     """Merge replicate runs of one config into one ``cv.json``-shaped dict.
 
-    Per fold and in total, errors and images are summed over the runs; each hand's NLL and each
-    fold's ``validation/`` NLL are averaged over them. One run is returned unchanged.
+    Per fold and in total, errors and images are summed over the runs; the NLL of each hand and
+    of each fold's held-out images and ``validation/`` is averaged over them. One run is
+    returned unchanged.
 
     Raises:
         ValueError: no runs, or the runs differ in finished folds or in the hands of a fold.
@@ -53,6 +54,13 @@ def pool(runs: list[dict]) -> dict:
     done = [sorted(run["total"]["folds_done"]) for run in runs]
     if any(d != done[0] for d in done):
         raise ValueError(f"replicate runs differ in finished folds: {done}")
+
+    def merge(scores: list[dict]) -> dict:
+        """Errors (and images) summed over the runs, NLL averaged."""
+        merged = {key: sum(score[key] for score in scores)
+                  for key in ("errors", "images") if key in scores[0]}
+        return {**merged, "nll": sum(score["nll"] for score in scores) / len(scores)}
+
     folds = {}
     for fold in map(str, done[0]):
         hands = [sorted(run["folds"][fold]["held_out"]["per_hand"]) for run in runs]
@@ -60,17 +68,10 @@ def pool(runs: list[dict]) -> dict:
             raise ValueError(f"replicate runs hold out other hands in fold {fold}: {hands}")
         parts = [run["folds"][fold] for run in runs]
         folds[fold] = {
-            "held_out": {
-                "errors": sum(p["held_out"]["errors"] for p in parts),
-                "images": sum(p["held_out"]["images"] for p in parts),
-                "per_hand": {hand: {
-                    "nll": sum(p["held_out"]["per_hand"][hand]["nll"] for p in parts) / len(parts),
-                    "errors": sum(p["held_out"]["per_hand"][hand]["errors"] for p in parts)}
-                    for hand in hands[0]}},
-            "validation_folder": {
-                "errors": sum(p["validation_folder"]["errors"] for p in parts),
-                "images": sum(p["validation_folder"]["images"] for p in parts),
-                "nll": sum(p["validation_folder"]["nll"] for p in parts) / len(parts)}}
+            "held_out": {**merge([p["held_out"] for p in parts]),
+                         "per_hand": {hand: merge([p["held_out"]["per_hand"][hand] for p in parts])
+                                      for hand in hands[0]}},
+            "validation_folder": merge([p["validation_folder"] for p in parts])}
     total = {part: {key: sum(run["total"][part][key] for run in runs)
                     for key in ("errors", "images")}
              for part in ("held_out", "validation_folder")}
