@@ -31,6 +31,11 @@ class DataConfig:
         tfds_data_dir: TFDS data directory for ``source: tfds`` (``None``: TFDS's default).
         image_size: side of the square model input, in pixels.
         validation_fraction: share of ``train/`` carved out, per class, as the validation split.
+            ``0``: no validation split; the model trains on all of ``train/`` (scikit-learn's
+            ``refit`` once cross-validation has fixed the hyperparameters,
+            https://scikit-learn.org/stable/modules/grid_search.html). Then ``train.checkpoint``
+            must be ``last``, ``train.early_stopping_patience`` 0, there are no ``val_*`` curves
+            or validation confusion matrix, and ``rps tune`` needs a fraction above 0.
         split_by: ``"file"`` draws single files; ``"group"`` draws whole groups of files (the
             part of the file name that ``group_pattern`` captures, e.g. one rendered hand model
             ``rock01`` of ``rock01-000.jpg``), so that validation images show hands that
@@ -169,7 +174,7 @@ class TrainConfig:
         checkpoint: which weights the run keeps and exports: ``last`` (those after the final
             epoch, where the cosine schedule has brought the learning rate down to 0) or
             ``best`` (the epoch with the lowest validation loss; ``checkpoints/best.weights.h5``
-            is written either way).
+            is written either way when there is a validation split).
         early_stopping_patience: epochs without validation improvement before stopping
             (``0``: never stop early).
         cpu_replicas: on a machine without GPUs, split the CPU into this many logical devices,
@@ -414,6 +419,12 @@ def _set_nested(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
+def has_validation(cfg: Config) -> bool:
+    """Whether a run carves a validation split out of ``train/``: ``data.folds >= 2`` (one fold)
+    or ``data.validation_fraction > 0``."""
+    return bool(cfg.data.folds) or cfg.data.validation_fraction > 0
+
+
 def _check(cfg: Config) -> None:
     """Range and cross-field checks; each failure names the key and what is expected."""
     rules = [
@@ -421,8 +432,8 @@ def _check(cfg: Config) -> None:
         ("run_name", bool(cfg.run_name) and "/" not in cfg.run_name and cfg.run_name != "latest",
          "a non-empty folder name without '/', other than 'latest'"),
         ("data.image_size", 32 <= cfg.data.image_size <= 1024, "between 32 and 1024 pixels"),
-        ("data.validation_fraction", 0.0 < cfg.data.validation_fraction < 1.0,
-         "strictly between 0 and 1"),
+        ("data.validation_fraction", 0.0 <= cfg.data.validation_fraction < 1.0,
+         "in [0, 1) (0: no validation split, train on all of train/)"),
         ("data.folds", cfg.data.folds == 0 or cfg.data.folds >= 2, "0 (off) or an integer >= 2"),
         ("data.fold", 0 <= cfg.data.fold < max(cfg.data.folds, 1),
          f"between 0 and data.folds - 1 = {max(cfg.data.folds, 1) - 1}"),
@@ -453,6 +464,11 @@ def _check(cfg: Config) -> None:
         ("train.label_smoothing", 0.0 <= cfg.train.label_smoothing < 1.0, "in [0, 1)"),
         ("train.ema_momentum", 0.0 <= cfg.train.ema_momentum < 1.0, "in [0, 1) (0 switches EMA off)"),
         ("train.early_stopping_patience", cfg.train.early_stopping_patience >= 0, ">= 0"),
+        ("train.checkpoint", has_validation(cfg) or cfg.train.checkpoint == "last",
+         "'last' when there is no validation split to pick the best epoch on "
+         "(data.validation_fraction: 0)"),
+        ("train.early_stopping_patience", has_validation(cfg) or not cfg.train.early_stopping_patience,
+         "0 when there is no validation split to watch (data.validation_fraction: 0)"),
         ("train.cpu_replicas", cfg.train.cpu_replicas >= 1, "an integer >= 1"),
         ("train.collective_timeout", cfg.train.collective_timeout >= 0.0,
          ">= 0 seconds (0: wait forever)"),

@@ -6,7 +6,8 @@ Usage: ``splits = load_splits(cfg.data, seed=cfg.seed)``; then
 Folder layout: ``<root>/<split>/<label>/<image>``, as read by
 ``keras.utils.image_dataset_from_directory`` and ``tfds.folder_dataset.ImageFolder``. Labels
 are the sorted folder names of ``train/`` (paper=0, rock=1, scissors=2 for this data set).
-Splits: ``train`` and ``val`` are carved from ``train/`` (stratified, seeded); ``test`` is
+Splits: ``train`` and ``val`` are carved from ``train/`` (stratified, seeded; ``val`` is empty
+with ``data.validation_fraction: 0``, and ``train`` is then all of ``train/``); ``test`` is
 ``test/`` (held out: final evaluation only); ``validation_folder`` is the small ``validation/``
 folder of the course notebooks, a second held-out check.
 """
@@ -65,6 +66,18 @@ class Splits:
     validation_folder: ImageSplit | None
     class_names: tuple[str, ...]
     fingerprint: str
+
+    @property
+    def agreement_split(self) -> ImageSplit:
+        """Images to check exports on (their probabilities against Keras's; labels unused): the
+        validation split, or ``train`` when there is none (``data.validation_fraction: 0``)."""
+        return self.val or self.train
+
+    @property
+    def report_split(self) -> ImageSplit:
+        """The split example plots and TFLite variant tables score: ``test`` if present, else
+        the validation split, else ``validation_folder``, else ``train``."""
+        return next(s for s in (self.test, self.val, self.validation_folder, self.train) if s)
 
 
 def _iterdir(folder: Path) -> list[Path]:
@@ -365,9 +378,11 @@ def load_splits(data_cfg: DataConfig, seed: int) -> Splits:
     if data_cfg.folds:
         train_idx, val_idx = kfold_split(full_train.labels, data_cfg.folds, data_cfg.fold, seed,
                                          groups)
-    else:
+    elif data_cfg.validation_fraction:
         train_idx, val_idx = stratified_split(full_train.labels, data_cfg.validation_fraction,
                                               seed, groups)
+    else:  # no validation split: train on all of train/
+        train_idx, val_idx = np.arange(len(full_train)), np.zeros(0, np.int64)
     optional = {}
     for name, folder in (("test", "test"), ("validation_folder", "validation")):
         optional[name] = None

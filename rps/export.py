@@ -136,8 +136,9 @@ def export_model(model: keras.Model, run_dir: Path, class_names: tuple[str, ...]
         model: Keras model, ``float32 [B, S, S, 3]`` pixels 0-255 -> ``[B, C]`` probabilities.
         run_dir: the run folder.
         class_names: label of each output index, written one per line to ``labels.txt``.
-        check_images: ``float32 [N, S, S, 3]`` images (validation split) on which each export
-            must match Keras; ``None`` or empty skips the comparison.
+        check_images: ``float32 [N, S, S, 3]`` images on which each export must match Keras
+            (``Splits.agreement_split``: the validation split, if any); ``None`` or empty skips
+            the comparison.
         tflite: also write the TFLite variants (``model.tflite`` is float32).
         quantize: TFLite variants to write (``rps.config.parse_quantize``).
         calibration_images: ``float32 [N, S, S, 3]`` training images for the ``int8`` variant.

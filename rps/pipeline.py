@@ -79,10 +79,10 @@ def evaluate_run(run_dir: Path, cfg: Config, splits: Splits) -> dict:
 
 
 def plot_samples(run_dir: Path, cfg: Config, splits: Splits, model: keras.Model) -> None:
-    """Example-image plots: ``misclassified_<split>.png`` (the inference model's mistakes on the
-    test split, or on the validation split when there is no ``test/``) and
+    """Example-image plots: ``misclassified_<split>.png`` (the inference model's mistakes on
+    ``splits.report_split``: the test split if there is one) and
     ``augmentation_preview.png`` (training images with random draws of the augmentation)."""
-    split = splits.test or splits.val
+    split = splits.report_split
     images, labels = collect(make_eval_dataset(split, cfg.data, cache=False))
     # Eager calls in batches of 64, not model.predict: predict would trace one more tf.function.
     probabilities = np.concatenate([np.asarray(model(images[i:i + 64], training=False))
@@ -190,7 +190,7 @@ def finish(run_dir: Path, cfg: Config, splits: Splits, trained: keras.Model,
         ``run_dir``, now complete.
     """
     model = inference_model(trained, cfg, len(splits.class_names))
-    check, _ = collect(make_eval_dataset(splits.val, cfg.data, cache=False).take(1))
+    check, _ = collect(make_eval_dataset(splits.agreement_split, cfg.data, cache=False).take(1))
     export_model(model, run_dir, splits.class_names, check[:cfg.export.check_images],
                  **_tflite_inputs(cfg, splits, run_dir))
     started = time.perf_counter()
@@ -230,7 +230,7 @@ def finish_trained_run(run_dir: Path) -> Path:
 
 BACKEND_CHECK = "checkpoints/backend_check.npz"
 BACKEND_TOLERANCE = 1e-4  # largest difference in any output probability
-BACKEND_CHECK_IMAGES = 64  # the first validation images
+BACKEND_CHECK_IMAGES = 64  # the first images of splits.agreement_split
 
 
 def check_backend_outputs(run_dir: Path, model: keras.Model) -> float:
@@ -262,8 +262,8 @@ def finish_in_tensorflow(run_dir: Path, cfg: Config, splits: Splits, trained: ke
     TFLite are TensorFlow formats, and exporting the TensorFlow graph of the same weights gives
     builtin-op TFLite files, where Keras's JAX export (jax2tf) would carry the JAX graph and its
     random-generator state into the file. The training backend's probabilities on the first
-    ``BACKEND_CHECK_IMAGES`` validation images go along (``BACKEND_CHECK``), and the child
-    checks that its model agrees.
+    ``BACKEND_CHECK_IMAGES`` images of ``splits.agreement_split`` go along (``BACKEND_CHECK``),
+    and the child checks that its model agrees.
 
     Raises:
         ValueError: the child failed (its log lines are above; rerunning the same ``rps train``
@@ -271,7 +271,8 @@ def finish_in_tensorflow(run_dir: Path, cfg: Config, splits: Splits, trained: ke
     """
     model = inference_model(trained, cfg, len(splits.class_names))
     batches = -(-BACKEND_CHECK_IMAGES // cfg.data.global_batch_size)  # decode only these
-    images, _ = collect(make_eval_dataset(splits.val, cfg.data, cache=False).take(batches))
+    images, _ = collect(
+        make_eval_dataset(splits.agreement_split, cfg.data, cache=False).take(batches))
     images = images[:BACKEND_CHECK_IMAGES]
     probabilities = keras.ops.convert_to_numpy(model(images, training=False))
     check = run_dir / BACKEND_CHECK
@@ -291,7 +292,7 @@ def finish_in_tensorflow(run_dir: Path, cfg: Config, splits: Splits, trained: ke
 
 def reexport(run_dir: Path, quantize: str | None = None) -> Path:
     """Export a complete run's ``model.keras`` again (SavedModel, TFLite, labels), checking
-    each against Keras on the validation split.
+    each against Keras on ``splits.agreement_split`` (the validation split, if any).
 
     ``quantize`` (``export.quantize`` syntax: ``none``, ``all``, ``int8``, ``float16,dynamic``)
     replaces the run's TFLite variants setting; ``None`` keeps it.
@@ -310,7 +311,7 @@ def reexport(run_dir: Path, quantize: str | None = None) -> Path:
 
     model = keras.saving.load_model(run_dir / "model.keras", safe_mode=True, compile=False)
     splits = load_splits(cfg.data, cfg.seed)
-    check, _ = collect(make_eval_dataset(splits.val, cfg.data, cache=False).take(1))
+    check, _ = collect(make_eval_dataset(splits.agreement_split, cfg.data, cache=False).take(1))
     export_model(model, run_dir, read_labels(run_dir / "model.keras"),
                  np.asarray(check[:cfg.export.check_images]),
                  **_tflite_inputs(cfg, splits, run_dir))

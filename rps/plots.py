@@ -6,7 +6,6 @@ Usage: ``plot_history(run_dir / "history.csv", run_dir / "training_curves.png")`
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import matplotlib
@@ -15,17 +14,7 @@ matplotlib.use("Agg")  # files only; no display is needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-
-def read_history(history_csv: str | Path) -> dict[str, list[float]]:
-    """Read Keras ``CSVLogger`` output into ``{column: values}``. A resumed run appends to the
-    same file; a repeated epoch keeps its last row."""
-    rows: dict[int, dict[str, str]] = {}
-    with open(history_csv, newline="") as f:
-        for row in csv.DictReader(f):
-            if row.get("epoch", "epoch") != "epoch":  # a header repeated by an append
-                rows[int(row["epoch"])] = row
-    columns = list(next(iter(rows.values())).keys()) if rows else []
-    return {c: [float(rows[e][c]) for e in sorted(rows)] for c in columns}
+from rps.runs import read_history  # noqa: E402
 
 
 def plot_history(history_csv: str | Path, out_png: str | Path) -> Path:

@@ -19,8 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from rps.plots import read_history
-from rps.runs import write_atomic
+from rps.runs import read_history, write_atomic
 
 # Plots in the order the report shows them: (file pattern, caption).
 _PLOTS = (
@@ -130,11 +129,16 @@ def _intended_use(info: dict) -> list[str]:
 def _data(cfg: dict, info: dict) -> list[str]:
     data = cfg.get("data", {})
     rows = [[split, count] for split, count in info.get("num_images", {}).items()]
+    drawn = f"drawn per class (split by {data.get('split_by', 'file')}, seed {cfg.get('seed', '?')})"
+    if data.get("folds"):
+        val = f"The `val` split is fold {data.get('fold')} of {data['folds']} of `train/`, {drawn}."
+    elif data.get("validation_fraction", 1) == 0:
+        val = "There is no `val` split: the model trained on all of `train/`."
+    else:
+        val = f"The `val` split is {data.get('validation_fraction', '?')} of `train/`, {drawn}."
     return (["## Data", "",
-             f"Source `{data.get('source', 'folder')}`, root `{data.get('root', '?')}`. The `val` "
-             f"split is {data.get('validation_fraction', '?')} of `train/`, drawn per class "
-             f"(split by {data.get('split_by', 'file')}, seed {cfg.get('seed', '?')}); choices are "
-             "made on it. `test/` was read only for the final evaluation.", "",
+             f"Source `{data.get('source', 'folder')}`, root `{data.get('root', '?')}`. {val} "
+             "`test/` was read only for the final evaluation.", "",
              f"Data fingerprint (SHA-256 over every file's path and content): "
              f"`{info.get('data_fingerprint', '?')}`", ""]
             + markdown_table(["split", "images"], rows) + [""])

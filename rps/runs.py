@@ -296,7 +296,9 @@ def read_history(path: str | Path, before_epoch: int | None = None) -> dict[str,
             Rows cut short by a kill, and repeated epochs, are dropped.
 
     Returns:
-        ``{"epoch": [...], "loss": [...], ...}``, one value per kept epoch, in epoch order.
+        ``{"epoch": [...], "loss": [...], ...}``, one value per kept epoch, in epoch order; a
+        column that is ``NA`` in a kept row (Keras's ``val_*`` without validation data) is left
+        out.
     """
     path = Path(path)
     rows: dict[int, dict[str, float]] = {}
@@ -304,13 +306,14 @@ def read_history(path: str | Path, before_epoch: int | None = None) -> dict[str,
     reader = csv.DictReader(io.StringIO(text))
     for row in reader:
         try:
-            values = {k: float(v) for k, v in row.items() if k is not None}
+            values = {k: None if v == "NA" else float(v) for k, v in row.items() if k is not None}
             epoch = int(values["epoch"])
         except (KeyError, TypeError, ValueError):
             continue
         if len(values) == len(reader.fieldnames or ()) and (before_epoch is None or epoch < before_epoch):
             rows.setdefault(epoch, values)
-    keys = list(reader.fieldnames or ())
+    # CSVLogger writes val_* columns as NA when there is no validation data: leave them out.
+    keys = [k for k in reader.fieldnames or () if all(rows[e][k] is not None for e in rows)]
     return {k: [rows[e][k] for e in sorted(rows)] for k in keys}
 
 

@@ -95,14 +95,15 @@ class ImageSummaries(keras.callbacks.Callback):
         preview: ``uint8 [N, S, S, 3]`` training images to show augmented (see ``sample_images``).
         augment_fn: the training augmentation (``None``: none configured).
         val_dataset: ordered evaluation dataset of the validation split,
-            ``(float32 [B, S, S, 3], int32 [B])`` batches (``rps.data.make_eval_dataset``).
+            ``(float32 [B, S, S, 3], int32 [B])`` batches (``rps.data.make_eval_dataset``);
+            ``None`` when there is no validation split (then ``confusion_matrix_freq`` must be 0).
         val_labels: ``int [N]`` true labels of ``val_dataset``, in order.
         class_names: label of each output index.
         confusion_matrix_freq: epochs between confusion matrices (``0``: never).
     """
 
     def __init__(self, log_dir: Path, preview: np.ndarray, augment_fn: Callable | None,
-                 val_dataset: tf.data.Dataset, val_labels: np.ndarray,
+                 val_dataset: tf.data.Dataset | None, val_labels: np.ndarray,
                  class_names: tuple[str, ...], confusion_matrix_freq: int = 1):
         super().__init__()
         self.log_dir, self.preview, self.augment_fn = Path(log_dir), preview, augment_fn

@@ -441,7 +441,7 @@ def bench(run_dir: str | Path, docs_file: str | Path | None = "docs/tflite_varia
         raise ValueError(f"no TFLite files in {run_dir}: run `rps export {run_dir}` first.")
     cfg = read_run_config(run_dir)
     splits = load_splits(cfg.data, cfg.seed)
-    split = splits.test or splits.val
+    split = splits.report_split
     images, labels = collect(make_eval_dataset(split, cfg.data, cache=False))
     reference = load_predictor(run_dir / "model.keras").predict(images)
     keras_accuracy = float(np.mean(reference.argmax(1) == labels))

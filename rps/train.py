@@ -26,7 +26,7 @@ import tensorflow as tf
 from rps import cluster
 from rps import tensorboard as tb
 from rps.augment import make_augmenter
-from rps.config import Config, TrainConfig, parse_profile_batches
+from rps.config import Config, TrainConfig, has_validation, parse_profile_batches
 from rps.data import Splits, make_eval_dataset, make_train_dataset
 from rps.models import build_model
 from rps.runs import FINAL_WEIGHTS, HISTORY_FILE, FinishedTraining, prepare_resume, read_history
@@ -150,7 +150,8 @@ def make_callbacks(cfg: Config, run_dir: Path, splits: Splits | None = None,
                    best_val_loss: float | None = None) -> list[keras.callbacks.Callback]:
     """All callbacks of a run, Keras built-ins where possible.
 
-    BackupAndRestore (resume an interrupted run), best checkpoint on validation loss, CSV
+    BackupAndRestore (resume an interrupted run), best checkpoint on validation loss (when
+    there is a validation split), CSV
     history, Keras TensorBoard (epoch scalars with the learning rate, graph, weight histograms,
     profiler trace; https://keras.io/api/callbacks/tensorboard/), and from ``rps.tensorboard``:
     loss, accuracy and learning rate every ``train.tensorboard_update_freq`` steps, HParams,
@@ -182,9 +183,12 @@ def make_callbacks(cfg: Config, run_dir: Path, splits: Splits | None = None,
         # The history row and best checkpoint of an epoch are written before its backup, so a
         # kill between them leaves rows that rps.runs.prepare_resume trims, never a gap.
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
-        keras.callbacks.ModelCheckpoint(str(checkpoints / "best.weights.h5"), monitor="val_loss",
-                                        save_best_only=True, save_weights_only=True,
-                                        initial_value_threshold=best_val_loss),
+    ]
+    if has_validation(cfg):  # without a validation split there is no best epoch to keep
+        callbacks.append(keras.callbacks.ModelCheckpoint(
+            str(checkpoints / "best.weights.h5"), monitor="val_loss", save_best_only=True,
+            save_weights_only=True, initial_value_threshold=best_val_loss))
+    callbacks += [
         # Saves the full training state each epoch; the same command resumes from it. The
         # previous epoch's copy is kept in case a kill cuts the latest one short; train()
         # deletes the state once training has finished and its result is saved.
@@ -207,8 +211,10 @@ def make_callbacks(cfg: Config, run_dir: Path, splits: Splits | None = None,
     if splits is not None:
         callbacks.append(tb.ImageSummaries(
             logs, tb.sample_images(splits.train, cfg.data.image_size),
-            make_augmenter(cfg.augment, cfg.seed), make_eval_dataset(splits.val, cfg.data),
-            np.asarray(splits.val.labels), splits.class_names, train_cfg.confusion_matrix_freq))
+            make_augmenter(cfg.augment, cfg.seed),
+            make_eval_dataset(splits.val, cfg.data) if splits.val else None,
+            np.asarray(splits.val.labels), splits.class_names,
+            train_cfg.confusion_matrix_freq if splits.val else 0))
     if train_cfg.early_stopping_patience:
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor="val_loss", patience=train_cfg.early_stopping_patience))
@@ -220,12 +226,14 @@ def _one_hot(num_classes: int):
     return lambda x, y: (x, tf.one_hot(y, num_classes))
 
 
-def make_fit_datasets(cfg: Config, splits: Splits) -> tuple[tf.data.Dataset, tf.data.Dataset, int]:
+def make_fit_datasets(cfg: Config, splits: Splits
+                      ) -> tuple[tf.data.Dataset, tf.data.Dataset | None, int]:
     """The datasets ``fit`` reads: augmented training batches and validation batches, labels
     one-hot ``float32 [B, num_classes]``. ``splits.test`` is never read.
 
     Returns:
-        ``(train_ds, val_ds, steps_per_epoch)``.
+        ``(train_ds, val_ds, steps_per_epoch)``; ``val_ds`` is ``None`` when there is no
+        validation split (``data.validation_fraction: 0``).
 
     Raises:
         ValueError: the training split is smaller than one global batch.
@@ -233,8 +241,10 @@ def make_fit_datasets(cfg: Config, splits: Splits) -> tuple[tf.data.Dataset, tf.
     num_classes = len(splits.class_names)
     augment = make_augmenter(cfg.augment, cfg.seed)
     train_ds = make_train_dataset(splits.train, cfg, augment).map(_one_hot(num_classes))
-    val_ds = make_eval_dataset(splits.val, cfg.data).map(_one_hot(num_classes))
-    if cfg.data.cache:
+    val_ds = None
+    if splits.val:
+        val_ds = make_eval_dataset(splits.val, cfg.data).map(_one_hot(num_classes))
+    if cfg.data.cache and val_ds is not None:
         # Fill the in-memory cache of the validation images now. Keras stops reading a dataset
         # of known cardinality after that many batches, before the end-of-data signal that
         # completes a ``tf.data`` cache; at full size the first validation pass left the cache
@@ -247,7 +257,8 @@ def make_fit_datasets(cfg: Config, splits: Splits) -> tuple[tf.data.Dataset, tf.
     # and warns at every epoch; other strategies ignore the option.
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    train_ds, val_ds = train_ds.with_options(options), val_ds.with_options(options)
+    train_ds = train_ds.with_options(options)
+    val_ds = val_ds.with_options(options) if val_ds is not None else None
     steps_per_epoch = len(splits.train) // cfg.data.global_batch_size
     if steps_per_epoch < 1:
         raise ValueError(f"the training split has {len(splits.train)} images, fewer than "
@@ -278,7 +289,8 @@ def train(cfg: Config, splits: Splits, run_dir: Path,
           strategy: tf.distribute.Strategy | None = None,
           extra_callbacks: list[keras.callbacks.Callback] = (),
           reuse_finished: bool = False) -> TrainResult:
-    """Train the configured model on ``splits.train``, validating on ``splits.val``.
+    """Train the configured model on ``splits.train``, validating on ``splits.val`` (if it has
+    images: with ``data.validation_fraction: 0`` there is no validation and no best checkpoint).
 
     ``splits.test`` is never read here.
 

@@ -5,7 +5,8 @@ Usage: ``rps tune --config configs/tune.yaml`` (``make tune``); in Python
 ``run_search(load_tune_config("configs/tune.yaml"))``.
 
 A tune file holds a ``base`` config (a path such as ``configs/default.yaml``, or an inline
-mapping), a ``search_space`` of dotted config keys, and the search settings (``tuner``:
+mapping) with optional ``overrides`` (``key=value`` strings), a ``search_space`` of dotted
+config keys, and the search settings (``tuner``:
 ``hyperband`` (Li et al. 2018, https://arxiv.org/abs/1603.06560) or ``bayesian`` (Gaussian-process
 Bayesian optimisation), ``objective``, ``max_epochs``, ``max_trials``, ``factor``,
 ``hyperband_iterations``). Every trial's config is built with ``rps.config.build_config``, so it
@@ -40,7 +41,8 @@ import keras_tuner
 import yaml
 from tqdm import tqdm
 
-from rps.config import Config, ConfigError, build_config, get, load_config, to_dict
+from rps.config import (Config, ConfigError, build_config, get, has_validation, load_config,
+                        to_dict)
 from rps.data import Splits, load_splits
 from rps.models import build_model
 from rps.report import write_leaderboard
@@ -156,8 +158,9 @@ def trial_config(tune_cfg: TuneConfig, values: dict[str, Any]) -> Config:
 
 
 def load_tune_config(path: str | Path, overrides: list[str] = ()) -> TuneConfig:
-    """Read a tune file. ``key=value`` overrides change the base config; ``tune.<setting>=value``
-    changes a search setting (e.g. ``tune.max_trials=2``).
+    """Read a tune file. Its ``overrides`` (a list of ``key=value``), then the ``key=value``
+    arguments, change the base config; ``tune.<setting>=value`` changes a search setting (e.g.
+    ``tune.max_trials=2``).
 
     Raises:
         FileNotFoundError: the tune file or its base config does not exist.
@@ -173,13 +176,17 @@ def load_tune_config(path: str | Path, overrides: list[str] = ()) -> TuneConfig:
         key, _, value = item.partition("=")
         if key.startswith("tune."):
             raw[key.removeprefix("tune.")] = yaml.safe_load(value)
-    unknown = sorted(set(raw) - set(_SETTINGS) - {"base", "search_space"})
+    unknown = sorted(set(raw) - set(_SETTINGS) - {"base", "overrides", "search_space"})
     if unknown:
-        close = difflib.get_close_matches(unknown[0], _SETTINGS + ("base", "search_space"), n=1)
+        close = difflib.get_close_matches(
+            unknown[0], _SETTINGS + ("base", "overrides", "search_space"), n=1)
         raise _error(str(path), f"unknown tune setting '{unknown[0]}'."
                      + (f" Did you mean '{close[0]}'?" if close else "")
-                     + f" Valid: base, search_space, {', '.join(_SETTINGS)}.")
-    base_overrides = [o for o in overrides if not o.startswith("tune.")]
+                     + f" Valid: base, overrides, search_space, {', '.join(_SETTINGS)}.")
+    in_file = raw.get("overrides") or []
+    if not isinstance(in_file, list) or not all(isinstance(o, str) and "=" in o for o in in_file):
+        raise _error(str(path), f"overrides = {in_file!r}: expected a list of 'key=value' strings.")
+    base_overrides = in_file + [o for o in overrides if not o.startswith("tune.")]
     base = raw.get("base", {})
     if isinstance(base, str):
         base_path = Path(base) if Path(base).is_file() else path.parent / base
@@ -210,6 +217,10 @@ def _check_settings(t: TuneConfig, where: str) -> None:
     if not isinstance(t.name, str) or not t.name or "/" in t.name:
         raise _error(where, f"name = {t.name!r}: expected a folder name without '/'.")
     trial_config_values(t.base, {}, t.max_epochs)  # e.g. train.warmup_epochs < max_epochs
+    if not has_validation(t.base):
+        raise _error(where, "trials are scored on the validation split, and the base config has "
+                            "none (data.validation_fraction: 0): add "
+                            "'data.validation_fraction=0.15' to the tune file's overrides.")
 
 
 def hyperband_budget(max_epochs: int, factor: int, iterations: int = 1) -> tuple[int, int]:

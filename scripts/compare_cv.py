@@ -26,6 +26,11 @@ and 0 held-out errors for two runs of the same config), so each side may be seve
 config (``--baseline A.json B.json --candidate C.json D.json``, the same number on each side).
 ``pool`` merges them before the rule is applied: errors are summed over the runs and the NLL of
 each hand is averaged over them.
+
+``--nll-only`` judges part 1 alone, between sides that may differ in ``--folds`` and in the
+number of runs: the learning curve over training hands of docs/experiments.md
+(``--nll-only --baseline cv-3fold/cv.json --candidate A.json B.json``: do 18 training hands
+give a lower NLL than 14?).
 """
 
 from __future__ import annotations
@@ -85,6 +90,35 @@ def per_hand_nll(cv: dict) -> dict[str, float]:
             for hand, scores in fold["held_out"]["per_hand"].items()}
 
 
+def nll_test(baseline: dict, candidate: dict) -> dict:
+    """Part 1 of the rule alone: is the candidate's mean NLL per hand lower? One-sided Wilcoxon
+    signed-rank test over the hands, paired by name. The two sides may differ in ``--folds``
+    (a learning curve: 3 folds train on fewer hands than 7) as long as every hand is held out
+    on both.
+
+    Returns:
+        ``{"hands", "baseline": {"mean_nll_per_hand"}, "candidate": {...},
+        "candidate_lower_nll_hands", "p_one_sided"}``.
+
+    Raises:
+        ValueError: the two sides hold out different hands.
+    """
+    base, cand = per_hand_nll(baseline), per_hand_nll(candidate)
+    if set(base) != set(cand):
+        raise ValueError(f"held-out hands differ (seed or --folds?): "
+                         f"only in baseline {sorted(set(base) - set(cand))}, "
+                         f"only in candidate {sorted(set(cand) - set(base))}")
+    hands = sorted(base)
+    # H1: the candidate's NLL is lower, i.e. baseline - candidate > 0.
+    p = float(wilcoxon([base[h] for h in hands], [cand[h] for h in hands],
+                       alternative="greater").pvalue)
+    return {"hands": len(hands),
+            "baseline": {"mean_nll_per_hand": sum(base.values()) / len(base)},
+            "candidate": {"mean_nll_per_hand": sum(cand.values()) / len(cand)},
+            "candidate_lower_nll_hands": sum(cand[h] < base[h] for h in hands),
+            "p_one_sided": p}
+
+
 def compare(baseline: dict, candidate: dict, alpha: float = 0.1) -> dict:
     """Apply the three-part rule to two parsed ``cv.json`` files.
 
@@ -100,23 +134,15 @@ def compare(baseline: dict, candidate: dict, alpha: float = 0.1) -> dict:
              (("baseline", baseline), ("candidate", candidate))}
     if folds["baseline"] != folds["candidate"]:
         raise ValueError(f"finished folds differ: {folds}")
-    base, cand = per_hand_nll(baseline), per_hand_nll(candidate)
-    if set(base) != set(cand):
-        raise ValueError(f"held-out hands differ (seed or --folds?): "
-                         f"only in baseline {sorted(set(base) - set(cand))}, "
-                         f"only in candidate {sorted(set(cand) - set(base))}")
-    hands = sorted(base)
-    # H1: the candidate's NLL is lower, i.e. baseline - candidate > 0.
-    p = float(wilcoxon([base[h] for h in hands], [cand[h] for h in hands],
-                       alternative="greater").pvalue)
-    result = {"hands": len(hands), "folds": folds["baseline"]}
-    for side, cv, nll in (("baseline", baseline, base), ("candidate", candidate, cand)):
+    nll = nll_test(baseline, candidate)
+    result = {"hands": nll["hands"], "folds": folds["baseline"]}
+    for side, cv in (("baseline", baseline), ("candidate", candidate)):
         result[side] = {"held_out_errors": cv["total"]["held_out"]["errors"],
                         "held_out_images": cv["total"]["held_out"]["images"],
                         "validation_folder_errors": cv["total"]["validation_folder"]["errors"],
-                        "mean_nll_per_hand": sum(nll.values()) / len(nll)}
-    result["candidate_lower_nll_hands"] = sum(cand[h] < base[h] for h in hands)
-    result["p_one_sided"] = p
+                        "mean_nll_per_hand": nll[side]["mean_nll_per_hand"]}
+    result["candidate_lower_nll_hands"] = nll["candidate_lower_nll_hands"]
+    result["p_one_sided"] = p = nll["p_one_sided"]
     checks = {
         "nll_lower": p < alpha,
         "held_out_errors_not_higher": (result["candidate"]["held_out_errors"]
@@ -178,6 +204,9 @@ def main() -> None:
     parser.add_argument("--candidate", type=Path, nargs="+", help="replicate runs of the candidate")
     parser.add_argument("--alpha", type=float, default=0.1)
     parser.add_argument("--json", type=Path, help="also write the result here")
+    parser.add_argument("--nll-only", action="store_true",
+                        help="part 1 only (NLL per hand); the sides may differ in --folds and "
+                             "in the number of runs")
     args = parser.parse_args()
     if args.files:
         if len(args.files) != 2 or args.baseline or args.candidate:
@@ -185,7 +214,7 @@ def main() -> None:
         args.baseline, args.candidate = [args.files[0]], [args.files[1]]
     elif not (args.baseline and args.candidate):
         parser.error("give BASELINE CANDIDATE, or --baseline ... --candidate ...")
-    if len(args.baseline) != len(args.candidate):
+    if len(args.baseline) != len(args.candidate) and not args.nll_only:
         parser.error(f"{len(args.baseline)} baseline runs against {len(args.candidate)} candidate "
                      "runs: error counts are only comparable with the same number on each side")
     try:
@@ -193,8 +222,18 @@ def main() -> None:
                                for paths in (args.baseline, args.candidate))
     except ValueError as error:
         parser.error(str(error))
-    unfinished = (set(candidate["total"]["folds_done"]) < set(baseline["total"]["folds_done"]))
-    result = interim(baseline, candidate) if unfinished else compare(baseline, candidate, args.alpha)
+    if args.nll_only:
+        try:
+            result = nll_test(baseline, candidate)
+        except ValueError as error:
+            parser.error(str(error))
+        result["adopt"] = result["p_one_sided"] < args.alpha
+        unfinished = False
+    else:
+        unfinished = (set(candidate["total"]["folds_done"])
+                      < set(baseline["total"]["folds_done"]))
+        result = (interim(baseline, candidate) if unfinished
+                  else compare(baseline, candidate, args.alpha))
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:

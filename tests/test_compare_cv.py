@@ -110,3 +110,27 @@ def test_cli_takes_replicates_and_refuses_unequal_numbers_of_runs():
     unequal = subprocess.run([sys.executable, script, "--baseline", cv[0], cv[0],
                               "--candidate", cv[1]], capture_output=True, text=True)
     assert unequal.returncode == 2 and "2 baseline runs against 1 candidate runs" in unequal.stderr
+
+
+def test_nll_only_compares_runs_with_other_folds_and_run_counts(tmp_path):
+    # The learning curve over training hands: a 3-fold run (fewer training hands) against 7-fold
+    # runs, paired hand by hand. Here the "3-fold" run is width40's hands regrouped into 3 folds,
+    # each hand's NLL raised by 0.01, so 7 folds must win on all 21 hands.
+    base = load("width40")
+    hands = [(h, s) for fold in base["folds"].values() for h, s in fold["held_out"]["per_hand"].items()]
+    three = {"folds": {str(k): {"held_out": {"per_hand": {
+        h: {**s, "nll": s["nll"] + 0.01} for h, s in hands[k::3]}}} for k in range(3)},
+        "total": {"folds_done": [0, 1, 2]}}
+    result = compare_cv.nll_test(three, base)
+    assert result["hands"] == 21 and result["candidate_lower_nll_hands"] == 21
+    assert result["p_one_sided"] < 1e-5
+    with pytest.raises(ValueError, match="finished folds differ"):
+        compare_cv.compare(three, base)
+    path = tmp_path / "three.cv.json"
+    path.write_text(json.dumps(three))
+    seven = [str(REPO / "docs" / "cv" / f"{name}-seed42.cv.json") for name in ("width40", "width40-rerun")]
+    out = subprocess.run([sys.executable, str(REPO / "scripts" / "compare_cv.py"), "--nll-only",
+                          "--baseline", str(path), "--candidate", *seven],
+                         capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout.split("\nverdict")[0])["hands"] == 21
+    assert "verdict: ADOPT the candidate" in out.stdout

@@ -65,6 +65,22 @@ def test_fold_must_be_one_of_the_folds():
     assert build_config(overrides=["data.folds=7", "data.fold=6"]).data.fold == 6
 
 
+def test_no_validation_split_needs_last_checkpoint_and_no_early_stopping():
+    assert build_config(overrides=["data.validation_fraction=0"]).data.validation_fraction == 0
+    with pytest.raises(ConfigError, match=r"'data.validation_fraction' = 1.0 is out of range: "
+                                          r"expected in \[0, 1\)"):
+        build_config(overrides=["data.validation_fraction=1.0"])
+    with pytest.raises(ConfigError, match=r"'train.checkpoint' = 'best' is out of range: expected "
+                                          r"'last' when there is no validation split"):
+        build_config(overrides=["data.validation_fraction=0", "train.checkpoint=best"])
+    with pytest.raises(ConfigError, match=r"'train.early_stopping_patience' = 3 is out of range: "
+                                          r"expected 0 when there is no validation split"):
+        build_config(overrides=["data.validation_fraction=0", "train.early_stopping_patience=3"])
+    # k-fold cross-validation has a validation split (the fold) whatever the fraction says.
+    assert build_config(overrides=["data.validation_fraction=0", "data.folds=7",
+                                   "train.checkpoint=best"]).train.checkpoint == "best"
+
+
 def test_invalid_choice_lists_options():
     with pytest.raises(ConfigError) as err:
         build_config(overrides=["train.optimizer=adamv"])

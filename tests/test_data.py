@@ -109,6 +109,15 @@ def test_load_splits_keeps_test_apart(tiny_root):
     assert all("/test/" in p for p in splits.test.paths)
 
 
+def test_validation_fraction_zero_trains_on_all_of_train(tiny_root):
+    splits = load_splits(_cfg(tiny_root, "data.validation_fraction=0").data, seed=0)
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (24, 0, 9)
+    assert splits.agreement_split is splits.train  # exports are checked on training images
+    assert splits.report_split is splits.test
+    with_val = load_splits(_cfg(tiny_root, "data.validation_fraction=0.25").data, seed=0)
+    assert with_val.agreement_split is with_val.val
+
+
 def test_fingerprint_tracks_content(tiny_root):
     split = check_split(list_split(tiny_root / "train"), _cfg(tiny_root).data)
     before = fingerprint(tiny_root, [split])

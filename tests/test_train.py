@@ -102,3 +102,24 @@ def test_fit_datasets_fill_the_validation_cache_before_training(tiny_root):
         Path(path).unlink()
     next(iter(val_ds))  # a partial pass
     assert sum(len(y) for _, y in val_ds) == len(splits.val)
+
+
+def test_training_without_validation_split_uses_all_of_train(tiny_root, tmp_path):
+    # data.validation_fraction: 0 (the refit on all of train/): fit runs without validation
+    # data, logs no val_* curves and keeps no best checkpoint (there is no best epoch).
+    from rps.config import load_config
+    from rps.data import load_splits
+    from rps.runs import read_history
+    from rps.train import make_fit_datasets, train
+
+    cfg = load_config(REPO / "configs" / "smoke.yaml", [
+        f"data.root={tiny_root}", "data.image_size=32", "data.global_batch_size=8",
+        "train.epochs=1", "train.warmup_epochs=0", "data.validation_fraction=0"])
+    splits = load_splits(cfg.data, cfg.seed)
+    train_ds, val_ds, steps = make_fit_datasets(cfg, splits)
+    assert val_ds is None and steps == 24 // 8
+    result = train(cfg, splits, tmp_path / "run")
+    assert set(result.history) == {"accuracy", "loss"}, result.history
+    assert not (tmp_path / "run" / "checkpoints" / "best.weights.h5").exists()
+    # Keras's CSVLogger writes val_* columns of NA; read_history leaves them out.
+    assert set(read_history(tmp_path / "run" / "history.csv")) == {"epoch", "accuracy", "loss"}

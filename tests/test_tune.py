@@ -36,7 +36,9 @@ def test_shipped_tune_file_loads(monkeypatch):
     monkeypatch.chdir(REPO)  # the tune file names its base relative to the repository
     tune_cfg = load_tune_config(REPO / "configs" / "tune.yaml")
     assert tune_cfg.tuner == "hyperband" and tune_cfg.objective == "val_accuracy"
-    assert tune_cfg.base == load_config(REPO / "configs" / "default.yaml")
+    # the default trains on all of train/; the tune file carves a validation split for the trials
+    assert tune_cfg.base == load_config(REPO / "configs" / "default.yaml",
+                                        ["data.validation_fraction=0.15"])
     assert tune_cfg.search_space["model.width"] == {"values": [16, 24, 32, 48]}
     assert str(tune_cfg.out_dir) == "saved_models/tune-default"
 
@@ -59,6 +61,10 @@ def test_hyperband_budget_matches_keras_tuner():
     ({"search_space": {"model.width": {"min": 8, "max": 16.5}}},
      "search_space 'model.width' is an int key"),
     ({"max_epochs": 0}, "max_epochs = 0: expected an integer >= 1."),
+    ({"overrides": ["data.validation_fraction=0"]}, "trials are scored on the validation split, "
+                                                    "and the base config has none"),
+    ({"overrides": "data.validation_fraction=0.2"}, "overrides = 'data.validation_fraction=0.2': "
+                                                    "expected a list of 'key=value' strings."),
 ])
 def test_bad_tune_file_is_a_clear_error(tmp_path, settings, message):
     with pytest.raises(ConfigError, match=None) as err:
@@ -70,6 +76,9 @@ def test_overrides_reach_base_and_settings(tmp_path):
     tune_cfg = load_tune_config(write_tune(tmp_path), ["data.image_size=48", "tune.max_trials=3",
                                                        f"output_dir={tmp_path}"])
     assert tune_cfg.base.data.image_size == 48 and tune_cfg.max_trials == 3
+    in_file = load_tune_config(write_tune(tmp_path, overrides=["data.image_size=40"]),
+                               ["model.width=12"])
+    assert (in_file.base.data.image_size, in_file.base.model.width) == (40, 12)
     assert tune_cfg.out_dir == tmp_path / "tune-smoke"
 
 
