@@ -158,7 +158,7 @@ def run(cfg: Config, argv: list[str] | None = None) -> Path:
             "versions": library_versions(), "data_fingerprint": splits.fingerprint,
             "class_names": list(splits.class_names),
             "num_images": {s.name: len(s) for s in (splits.train, splits.val, splits.test,
-                                                    splits.validation_folder) if s},
+                                                    splits.validation_folder) if s is not None},
             "num_replicas": strategy.num_replicas_in_sync,
             "worker": {"task": worker.name, "num_workers": worker.num_workers}}
     write_json(run_dir / "run_info.json", info)

@@ -20,10 +20,18 @@ def rps(*args, cwd=REPO):
 
 
 def test_train_predict_evaluate_export(smoke_overrides, real_root, tmp_path):
-    out = rps("train", "--config", "configs/smoke.yaml", *smoke_overrides, "run_name=cli")
+    # Without a validation split (data.validation_fraction=0, the refit on all of train/), so
+    # that path is run end to end; the shared smoke run of test_pipeline.py has one.
+    out = rps("train", "--config", "configs/smoke.yaml", *smoke_overrides, "run_name=cli",
+              "data.validation_fraction=0")
     assert out.returncode == 0, out.stderr[-3000:]
     run_dir = tmp_path / "runs" / "cli"
     assert f"run folder: {run_dir}" in out.stdout and "next: rps predict" in out.stdout
+    info = json.loads((run_dir / "run_info.json").read_text())
+    assert (info["num_images"]["train"], info["num_images"]["val"]) == (24, 0)
+    assert "There is no `val` split: the model trained on all of `train/`." in (
+        run_dir / "report.md").read_text()
+    assert not (run_dir / "checkpoints" / "best.weights.h5").exists()
 
     image = real_root / "test" / "paper" / "testpaper01-00.png"
     pred = rps("predict", run_dir / "model.tflite", image, "--json")
