@@ -36,9 +36,7 @@ def test_shipped_tune_file_loads(monkeypatch):
     monkeypatch.chdir(REPO)  # the tune file names its base relative to the repository
     tune_cfg = load_tune_config(REPO / "configs" / "tune.yaml")
     assert tune_cfg.tuner == "hyperband" and tune_cfg.objective == "val_accuracy"
-    # the default trains on all of train/; the tune file carves a validation split for the trials
-    assert tune_cfg.base == load_config(REPO / "configs" / "default.yaml",
-                                        ["data.validation_fraction=0.15"])
+    assert tune_cfg.base == load_config(REPO / "configs" / "default.yaml")
     assert tune_cfg.search_space["model.width"] == {"values": [16, 24, 32, 48]}
     assert str(tune_cfg.out_dir) == "saved_models/tune-default"
 
