@@ -334,6 +334,7 @@ ACCURACY_ABLATIONS = {
     "zoom out 0.2 instead of 0.6": ["augment.zoom_out=0.2"],
     "no augmentation at all": ["augment.enabled=false"],
     "validation split by file instead of by hand": ["data.split_by=file"],
+    "no validation split: trained on all of train/": ["data.validation_fraction=0"],
     "RMSprop, constant learning rate 0.001": [
         "train.optimizer=rmsprop", "train.schedule=constant", "train.learning_rate=0.001",
         "train.warmup_epochs=0", "train.label_smoothing=0"],
