@@ -514,3 +514,37 @@ def make_augmenter(aug_cfg: AugmentConfig, seed: int) -> Callable | None:
         return tf.clip_by_value(tf.cast(images, tf.float32), 0.0, 255.0)
 
     return augment
+
+
+def make_mixup(aug_cfg: AugmentConfig, seed: int) -> Callable | None:
+    """Mixup of training batches, or ``None`` when ``augment.mixup`` is 0 (or augmentation off).
+
+    Mixup (Zhang et al. 2018, https://arxiv.org/abs/1710.09412) blends each image of a batch
+    with another image of the same batch (a random permutation), and their one-hot labels with
+    the same weight, drawn per image from Beta(alpha, alpha): a training target between two
+    classes, so that the model's output moves linearly between them. The layer is Keras's own
+    ``keras.layers.MixUp`` (https://keras.io/api/layers/preprocessing_layers/image_augmentation/mix_up/),
+    which runs in ``tf.data`` on any backend. It comes after the one-hot encoding and after the
+    other augmentation layers, so it mixes augmented images.
+
+    The returned function maps ``(float32 [B, H, W, 3]`` pixels in 0-255, ``float32 [B, C]``
+    one-hot labels) to the same shapes and dtypes: mixed pixels, still in 0-255, and soft labels
+    whose rows sum to 1.
+
+    Args:
+        aug_cfg: ``mixup`` is alpha (0 switches it off); ``enabled: false`` switches it off too.
+        seed: the run's seed; the layer gets ``seed + 32`` (``make_augment_layers`` uses
+            ``seed`` to ``seed + 31``).
+    """
+    if not (aug_cfg.enabled and aug_cfg.mixup):
+        return None
+    layer = layers.MixUp(alpha=aug_cfg.mixup, seed=seed + 32, dtype=DTYPE, name="mixup")
+
+    def mixup(images, labels):
+        import tensorflow as tf
+
+        mixed = layer({"images": images, "labels": labels}, training=True)
+        # w * 255 + (1 - w) * 255 can round to 255.00002
+        return tf.clip_by_value(mixed["images"], 0.0, 255.0), mixed["labels"]
+
+    return mixup

@@ -93,7 +93,8 @@ class AugmentConfig:
     factor of ``RandomGaussianBlur``, ``noise`` the standard deviation of (uniform) pixel noise
     (pixels, 0-255 scale), ``background`` the share of images whose white background is
     replaced by a random texture (``rps.augment.RandomBackground``), ``erasing`` the share of
-    images in which one random rectangle is replaced by noise (``rps.augment.RandomErasing``).
+    images in which one random rectangle is replaced by noise (``rps.augment.RandomErasing``),
+    ``mixup`` the ``alpha`` of mixup (``rps.augment.make_mixup``).
     ``0`` switches one off.
 
     Attributes:
@@ -114,6 +115,10 @@ class AugmentConfig:
         background: share of images whose white background is replaced by a random texture.
         erasing: share of images in which one random rectangle (2-33% of the area) is replaced
             by noise: random erasing, Zhong et al. 2017, https://arxiv.org/abs/1708.04896.
+        mixup: ``alpha`` of mixup (Zhang et al. 2018, https://arxiv.org/abs/1710.09412): each
+            training image and its one-hot label are blended with another image of the batch
+            and its label, with a weight drawn from Beta(alpha, alpha) (0.2 is the paper's
+            ImageNet setting); ``keras.layers.MixUp``.
         fused: the fast augmentation layers of ``rps.augment``: flip, rotation, zoom and
             translation as one affine resampling, contrast and brightness in one pass,
             saturation and hue without an HSV round trip, blur and background computed only
@@ -137,6 +142,7 @@ class AugmentConfig:
     noise: float = 0.0
     background: float = 0.0
     erasing: float = 0.0
+    mixup: float = 0.0
     fused: bool = True
 
 
@@ -454,6 +460,7 @@ def _check(cfg: Config) -> None:
         ("augment.noise", 0.0 <= cfg.augment.noise <= 64.0, "between 0 and 64 pixels"),
         ("augment.background", 0.0 <= cfg.augment.background <= 1.0, "a probability in [0, 1]"),
         ("augment.erasing", 0.0 <= cfg.augment.erasing <= 1.0, "a probability in [0, 1]"),
+        ("augment.mixup", 0.0 <= cfg.augment.mixup <= 10.0, "an alpha in [0, 10] (0 switches mixup off)"),
         ("model.width", cfg.model.width >= 1, "an integer >= 1"),
         ("model.dropout_rate", 0.0 <= cfg.model.dropout_rate < 1.0, "in [0, 1)"),
         ("train.epochs", cfg.train.epochs >= 1, "an integer >= 1"),

@@ -25,7 +25,7 @@ import tensorflow as tf
 
 from rps import cluster
 from rps import tensorboard as tb
-from rps.augment import make_augmenter
+from rps.augment import make_augmenter, make_mixup
 from rps.config import Config, TrainConfig, has_validation, parse_profile_batches
 from rps.data import Splits, make_eval_dataset, make_train_dataset
 from rps.models import build_model
@@ -229,7 +229,8 @@ def _one_hot(num_classes: int):
 def make_fit_datasets(cfg: Config, splits: Splits
                       ) -> tuple[tf.data.Dataset, tf.data.Dataset | None, int]:
     """The datasets ``fit`` reads: augmented training batches and validation batches, labels
-    one-hot ``float32 [B, num_classes]``. ``splits.test`` is never read.
+    one-hot ``float32 [B, num_classes]`` (soft labels for the training batches under
+    ``augment.mixup``). ``splits.test`` is never read.
 
     Returns:
         ``(train_ds, val_ds, steps_per_epoch)``; ``val_ds`` is ``None`` when there is no
@@ -241,6 +242,9 @@ def make_fit_datasets(cfg: Config, splits: Splits
     num_classes = len(splits.class_names)
     augment = make_augmenter(cfg.augment, cfg.seed)
     train_ds = make_train_dataset(splits.train, cfg, augment).map(_one_hot(num_classes))
+    mixup = make_mixup(cfg.augment, cfg.seed)
+    if mixup is not None:
+        train_ds = train_ds.map(mixup, num_parallel_calls=tf.data.AUTOTUNE)
     val_ds = None
     if splits.val:
         val_ds = make_eval_dataset(splits.val, cfg.data).map(_one_hot(num_classes))

@@ -244,3 +244,29 @@ def test_augmenter_copes_with_batches_where_no_image_is_chosen():
     np.testing.assert_array_equal(RandomBlur(1e-9, seed=0)(x).numpy(), x.numpy())
     np.testing.assert_array_equal(RandomBackground(0.0, seed=0)(x).numpy(), x.numpy())
     np.testing.assert_array_equal(RandomBlur(0.5, seed=0)(x[:0]).numpy(), x.numpy()[:0])
+
+
+def test_mixup_blends_images_and_labels_with_the_same_weight():
+    from rps.augment import make_mixup
+
+    assert make_mixup(build_config().augment, seed=0) is None  # off by default
+    cfg = build_config(overrides=["augment.mixup=0.4"]).augment
+    assert make_mixup(dataclasses.replace(cfg, enabled=False), seed=0) is None
+    # Class 0 images are black, class 1 images white: a mixed image's brightness is its
+    # label's weight on class 1.
+    classes = np.arange(256) % 2
+    images = tf.constant(np.broadcast_to(255.0 * classes[:, None, None, None], (256, 4, 4, 3)),
+                         tf.float32)
+    labels = tf.one_hot(classes, 2)
+    mixed_images, mixed_labels = make_mixup(cfg, seed=0)(images, labels)
+    assert mixed_images.shape == images.shape and mixed_labels.shape == labels.shape
+    x, y = mixed_images.numpy(), mixed_labels.numpy()
+    np.testing.assert_allclose(y.sum(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(x.mean(axis=(1, 2, 3)) / 255.0, y[:, 1], atol=1e-4)
+    assert x.min() >= 0.0 and x.max() <= 255.0
+    # Beta(0.4, 0.4) puts most weights near 0 or 1, but half the pairs cross classes and get
+    # soft labels.
+    soft = (y.min(axis=1) > 0.01).mean()
+    assert 0.1 < soft < 0.5
+    again = make_mixup(cfg, seed=0)(images, labels)[1].numpy()
+    np.testing.assert_allclose(again, y)  # the config's seed fixes the draws

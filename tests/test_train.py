@@ -104,6 +104,26 @@ def test_fit_datasets_fill_the_validation_cache_before_training(tiny_root):
     assert sum(len(y) for _, y in val_ds) == len(splits.val)
 
 
+def test_fit_datasets_mix_training_labels_only_under_mixup(tiny_root):
+    import numpy as np
+
+    from rps.config import load_config
+    from rps.data import load_splits
+    from rps.train import make_fit_datasets
+
+    def soft_rows(ds):
+        labels = np.concatenate([y.numpy() for _, y in ds])
+        np.testing.assert_allclose(labels.sum(axis=1), 1.0, atol=1e-5)
+        return int((labels.max(axis=1) < 0.999).sum())
+
+    base = ["data.image_size=32", f"data.root={tiny_root}", "data.global_batch_size=4"]
+    for mixup, expect_soft in ((0.0, False), (1.0, True)):  # Beta(1, 1): uniform weights
+        cfg = load_config(REPO / "configs" / "smoke.yaml", [*base, f"augment.mixup={mixup}"])
+        train_ds, val_ds, _ = make_fit_datasets(cfg, load_splits(cfg.data, cfg.seed))
+        assert (soft_rows(train_ds) > 0) == expect_soft
+        assert soft_rows(val_ds) == 0  # validation labels stay one-hot
+
+
 def test_training_without_validation_split_uses_all_of_train(tiny_root, tmp_path):
     # data.validation_fraction: 0 (the refit on all of train/): fit runs without validation
     # data, logs no val_* curves and keeps no best checkpoint (there is no best epoch).
