@@ -31,6 +31,9 @@ FILL_MODE = "nearest"
 # Augmentation runs in the input pipeline on float32 pixels whatever the Keras dtype policy:
 # under ``train.mixed_precision`` only the model computes in 16-bit floats.
 DTYPE = "float32"
+# make_augment_layers seeds its layers seed, seed + 1, ..., at most this many; make_mixup takes
+# the next seed, so that adding mixup leaves the other layers' draws unchanged.
+NUM_LAYER_SEEDS = 32
 
 
 class TFOpsLayer(layers.Layer):
@@ -426,7 +429,7 @@ def make_augment_layers(aug_cfg: AugmentConfig, seed: int) -> list[layers.Layer]
     """
     if not aug_cfg.enabled:
         return []
-    seeds = iter(range(seed, seed + 32))  # one distinct seed per layer
+    seeds = iter(range(seed, seed + NUM_LAYER_SEEDS))  # one distinct seed per layer
     flip = {(True, True): "horizontal_and_vertical", (True, False): "horizontal",
             (False, True): "vertical"}.get((aug_cfg.horizontal_flip, aug_cfg.vertical_flip))
     value_range = (0, 255)
@@ -533,12 +536,12 @@ def make_mixup(aug_cfg: AugmentConfig, seed: int) -> Callable | None:
 
     Args:
         aug_cfg: ``mixup`` is alpha (0 switches it off); ``enabled: false`` switches it off too.
-        seed: the run's seed; the layer gets ``seed + 32`` (``make_augment_layers`` uses
-            ``seed`` to ``seed + 31``).
+        seed: the run's seed; the layer gets ``seed + NUM_LAYER_SEEDS`` (32), the first seed
+            that ``make_augment_layers`` does not use.
     """
     if not (aug_cfg.enabled and aug_cfg.mixup):
         return None
-    layer = layers.MixUp(alpha=aug_cfg.mixup, seed=seed + 32, dtype=DTYPE, name="mixup")
+    layer = layers.MixUp(alpha=aug_cfg.mixup, seed=seed + NUM_LAYER_SEEDS, dtype=DTYPE, name="mixup")
 
     def mixup(images, labels):
         import tensorflow as tf
