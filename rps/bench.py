@@ -362,20 +362,15 @@ def train_throughput(cfg, splits, augment_in_model: bool = False, epochs: int = 
         augment_in_model: apply the augmentation layers inside the model (in the train step)
             instead of in the ``tf.data`` pipeline.
     """
-    import tensorflow as tf
-
     from rps.augment import make_augment_layers, make_augmenter
-    from rps.data import make_train_dataset
     from rps.models import build_model
-    from rps.train import compile_model
+    from rps.train import compile_model, make_train_batches
 
     keras.utils.set_random_seed(cfg.seed)
     keras.mixed_precision.set_global_policy(cfg.train.mixed_precision)
     num_classes = len(splits.class_names)
     augment = None if augment_in_model else make_augmenter(cfg.augment, cfg.seed)
-    # tf.one_hot, not keras.ops: tf.data runs TensorFlow whatever the Keras backend.
-    dataset = make_train_dataset(splits.train, cfg, augment).map(
-        lambda x, y: (x, tf.one_hot(y, num_classes)))
+    dataset = make_train_batches(cfg, splits, augment)
     model = build_model(cfg.model, num_classes, cfg.data.image_size)
     if augment_in_model:
         inputs = keras.Input(model.input_shape[1:])

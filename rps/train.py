@@ -226,6 +226,23 @@ def _one_hot(num_classes: int):
     return lambda x, y: (x, tf.one_hot(y, num_classes))
 
 
+def make_train_batches(cfg: Config, splits: Splits, augment) -> tf.data.Dataset:
+    """The training batches ``fit`` reads: ``make_train_dataset`` (cached, shuffled, batched,
+    augmented by ``augment``), labels one-hot ``float32 [B, num_classes]``, then mixed under
+    ``augment.mixup`` (soft labels). Shared by ``make_fit_datasets`` and the benchmark's
+    throughput runs, so both measure the same input pipeline.
+
+    Args:
+        augment: ``rps.augment.make_augmenter``'s function, or ``None`` (no augmentation in the
+            pipeline, e.g. when the benchmark puts it inside the model).
+    """
+    train_ds = make_train_dataset(splits.train, cfg, augment).map(_one_hot(len(splits.class_names)))
+    mixup = make_mixup(cfg.augment, cfg.seed)
+    if mixup is not None:
+        train_ds = train_ds.map(mixup, num_parallel_calls=tf.data.AUTOTUNE)
+    return train_ds
+
+
 def make_fit_datasets(cfg: Config, splits: Splits
                       ) -> tuple[tf.data.Dataset, tf.data.Dataset | None, int]:
     """The datasets ``fit`` reads: augmented training batches and validation batches, labels
@@ -240,11 +257,7 @@ def make_fit_datasets(cfg: Config, splits: Splits
         ValueError: the training split is smaller than one global batch.
     """
     num_classes = len(splits.class_names)
-    augment = make_augmenter(cfg.augment, cfg.seed)
-    train_ds = make_train_dataset(splits.train, cfg, augment).map(_one_hot(num_classes))
-    mixup = make_mixup(cfg.augment, cfg.seed)
-    if mixup is not None:
-        train_ds = train_ds.map(mixup, num_parallel_calls=tf.data.AUTOTUNE)
+    train_ds = make_train_batches(cfg, splits, make_augmenter(cfg.augment, cfg.seed))
     val_ds = None
     if splits.val:
         val_ds = make_eval_dataset(splits.val, cfg.data).map(_one_hot(num_classes))
