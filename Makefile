@@ -73,8 +73,11 @@ data/rps/train:
 train: install data
 	$(BIN)/rps train --config $(CONFIG)
 
+# On every core (pytest-xdist, at most 4 workers); --dist loadgroup keeps the tests that share
+# the session's smoke run (xdist_group "smoke_run") on one worker. PYTEST_ARGS adds options.
+PYTEST_ARGS ?=
 test: install install-backends data
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --maxprocesses 4 --dist loadgroup $(PYTEST_ARGS)
 
 # The benchmark of issue 4: 3 seeds of the default config racing the seed recipe (about 40 min).
 bench: install data

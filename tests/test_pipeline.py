@@ -14,7 +14,8 @@ from rps.evaluate import collect
 from rps.predict import load_predictor, predict_files
 from rps.runs import is_complete
 
-pytestmark = pytest.mark.slow
+# One worker runs every test of the session fixture smoke_run (conftest.py), so that it trains once.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("smoke_run")]
 
 
 def test_run_folder_is_complete(smoke_run):

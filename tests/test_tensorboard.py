@@ -22,6 +22,9 @@ from rps.train import make_callbacks
 
 from conftest import REPO
 
+# One worker runs every test of the session fixture smoke_run (conftest.py), so that it trains once.
+pytestmark = pytest.mark.xdist_group("smoke_run")
+
 
 def test_image_grid_tiles_rows_and_columns():
     rows = np.zeros((2, 3, 8, 10, 3), np.uint8)

@@ -19,7 +19,8 @@ from rps.preprocess import load_image
 from rps.tflite import (VARIANT_FILES, bench, calibration_images, convert_variant,
                         evaluate_variants, list_ops, read_metadata)
 
-pytestmark = pytest.mark.slow
+# One worker runs every test of the session fixture smoke_run (conftest.py), so that it trains once.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("smoke_run")]
 pytest.importorskip("mediapipe")
 
 
