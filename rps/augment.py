@@ -34,6 +34,13 @@ DTYPE = "float32"
 # make_augment_layers seeds its layers seed, seed + 1, ..., at most this many; make_mixup takes
 # the next seed, so that adding mixup leaves the other layers' draws unchanged.
 NUM_LAYER_SEEDS = 32
+# A TFOpsLayer with seed s gives its draw k (k < DRAWS_PER_LAYER) the op seed
+# s * DRAWS_PER_LAYER + k, so that no two draws of the layers seeded s, s + 1, ... share one.
+# TensorFlow gives two random ops with the same global and op seed the same stream
+# (https://www.tensorflow.org/api_docs/python/tf/random/set_seed), so a shared op seed makes
+# two draws of the same shape equal, batch after batch: with op seed s + k, the rotation
+# angle decided which images got a background, the hue direction and the blur.
+DRAWS_PER_LAYER = 8
 
 
 class TFOpsLayer(layers.Layer):
@@ -45,12 +52,23 @@ class TFOpsLayer(layers.Layer):
 
     seed: int | None = None
 
+    def op_seed(self, k: int) -> int | None:
+        """The op seed of the layer's draw ``k``: ``seed * DRAWS_PER_LAYER + k`` (None when the
+        layer is unseeded). Distinct for every layer seed and every ``k < DRAWS_PER_LAYER``.
+
+        Raises:
+            ValueError: ``k`` outside ``[0, DRAWS_PER_LAYER)``.
+        """
+        if not 0 <= k < DRAWS_PER_LAYER:
+            raise ValueError(f"{self.name}: draw index {k} outside [0, {DRAWS_PER_LAYER})")
+        return None if self.seed is None else self.seed * DRAWS_PER_LAYER + k
+
     def draw(self, shape, low, high, k: int = 0):
         """``float32`` uniform numbers in ``[low, high)`` of ``shape``: the layer's ``k``-th draw,
-        op seed ``seed + k`` (unseeded when ``seed`` is None)."""
+        with op seed ``op_seed(k)``."""
         import tensorflow as tf
 
-        return tf.random.uniform(shape, low, high, seed=None if self.seed is None else self.seed + k)
+        return tf.random.uniform(shape, low, high, seed=self.op_seed(k))
 
 
 def apply_to_some(images, chosen, transform):
@@ -223,7 +241,7 @@ class RandomErasing(TFOpsLayer):
 
             mask = inside(height, 1)[:, :, None, None] & inside(width, 0)[:, None, :, None]
             noise = tf.clip_by_value(
-                tf.random.normal(shape, seed=None if self.seed is None else self.seed + 3) * 255.0,
+                tf.random.normal(shape, seed=self.op_seed(3)) * 255.0,
                 0.0, 255.0)
             return tf.where(mask, noise, chosen_images)
 
@@ -256,7 +274,7 @@ class RandomAffine(TFOpsLayer):
         translation: largest shift, a fraction of the image side (pixels = fraction x side).
         fill_mode: ``"nearest"``, ``"constant"``, ``"reflect"`` or ``"wrap"`` for pixels from
             outside the image.
-        seed: op seed (the draws use ``seed``, ``seed + 1``, ...).
+        seed: the layer's seed (draw ``k`` has op seed ``seed * DRAWS_PER_LAYER + k``).
 
     Input and output: ``uint8`` or ``float32 [B, H, W, 3]`` pixels (the output has the input's
     dtype; ``uint8`` is about 20% faster).

@@ -273,3 +273,40 @@ def test_mixup_blends_images_and_labels_with_the_same_weight():
     assert 0.1 < soft < 0.5
     again = make_mixup(cfg, seed=0)(images, labels)[1].numpy()
     np.testing.assert_allclose(again, y)  # the config's seed fixes the draws
+
+
+def test_no_two_draws_of_the_augmentation_layers_are_the_same_stream():
+    """Every random draw of every fused layer gets its own op seed. TensorFlow gives two ops
+    with the same op seed the same numbers: with op seeds ``seed + k`` the rotation angle of
+    RandomAffine (seed s, draw 4) and the choice of images for RandomBackground (seed s + 1,
+    draw 3) were equal, so only images rotated one way got a background."""
+    from rps.augment import DRAWS_PER_LAYER, TFOpsLayer
+
+    cfg = build_config(overrides=[
+        "augment.brightness=0.2", "augment.background=0.5", "augment.saturation=0.3",
+        "augment.hue=0.1", "augment.blur=0.2", "augment.noise=5", "augment.erasing=0.25"]).augment
+    ops_layers = [l for l in make_augment_layers(cfg, seed=42) if isinstance(l, TFOpsLayer)]
+    assert len(ops_layers) == 7
+    keys = [(i, k) for i in range(len(ops_layers)) for k in range(DRAWS_PER_LAYER)]
+    seeds = [ops_layers[i].op_seed(k) for i, k in keys]
+    assert len(set(seeds)) == len(seeds)
+
+    tf.random.set_seed(42)
+
+    @tf.function
+    def draws():  # as in the tf.data pipeline: all draws traced into one graph
+        return tf.stack([ops_layers[i].draw([512], 0.0, 1.0, k) for i, k in keys])
+
+    values = draws().numpy()
+    correlation = np.corrcoef(values)
+    np.fill_diagonal(correlation, 0.0)
+    worst = np.unravel_index(np.abs(correlation).argmax(), correlation.shape)
+    # independent streams of 512 numbers: |r| ~ 0.044 standard deviation; 0.25 is 5.6 of them
+    assert abs(correlation[worst]) < 0.25, (keys[worst[0]], keys[worst[1]], correlation[worst])
+
+
+def test_draw_index_beyond_the_layer_budget_is_refused():
+    from rps.augment import DRAWS_PER_LAYER, RandomBlur
+
+    with pytest.raises(ValueError, match="draw index"):
+        RandomBlur(0.2, seed=1).op_seed(DRAWS_PER_LAYER)
