@@ -340,7 +340,7 @@ class RandomAffine(TFOpsLayer):
 
 class RandomContrastBrightness(TFOpsLayer):
     """Keras's ``RandomContrast(contrast)`` then ``RandomBrightness(brightness)`` (value range
-    0-255) in one pass over the pixels, with the same draws: per image, the contrast factor is
+    0-255) in one pass over the pixels, with the same distributions: per image, the contrast factor is
     uniform in ``[1 - contrast, 1 + contrast]`` around the per-channel mean, then the offset
     uniform in ``[-brightness, brightness] x 255``, each step clipped to 0-255 as the Keras layers
     clip (the two clips merge into one with per-image bounds).
@@ -436,7 +436,7 @@ def make_augment_layers(aug_cfg: AugmentConfig, seed: int) -> list[layers.Layer]
     With ``aug_cfg.fused`` (the default), flip, rotation, zoom and translation are one
     ``RandomAffine``, contrast and brightness one ``RandomContrastBrightness``, saturation and
     hue one ``RandomSaturationHue``, blur ``RandomBlur`` and random erasing ``RandomErasing``
-    (same draws, fewer passes over the pixels); otherwise each is its Keras layer.
+    (same distributions, fewer passes over the pixels); otherwise each is its Keras layer.
 
     Args:
         aug_cfg: which augmentations and how strong (see ``AugmentConfig``).

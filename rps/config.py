@@ -122,8 +122,9 @@ class AugmentConfig:
         fused: the fast augmentation layers of ``rps.augment``: flip, rotation, zoom and
             translation as one affine resampling, contrast and brightness in one pass,
             saturation and hue without an HSV round trip, blur and background computed only
-            for the images they change (the same random draws as the Keras layers; about 3x
-            faster input pipeline). ``False``: one Keras layer per transform.
+            for the images they change (the same distributions as the Keras layers, not the
+            same random streams; about 3x faster input pipeline). ``False``: one Keras layer
+            per transform.
     """
 
     enabled: bool = True
