@@ -521,7 +521,11 @@ def backend_epoch_times(cfg, out_dir: Path, backends: list[str], epochs: int = 2
 
 
 def ablation_markdown(result: dict) -> str:
-    """The ablation tables as markdown, after the line of their ``environment`` (when given)."""
+    """The ablation tables as markdown, after the line of their ``environment`` (when given).
+
+    ``result`` is ``run_ablations``'s return value or its ``ablations.json``; a partial one (a
+    stopped run) gets a line naming the accuracy ablations it lacks.
+    """
     lines = [environment_line(result["environment"]), ""] if result.get("environment") else []
     if result["speed"]:
         base = result["speed"].get("default")
@@ -545,6 +549,9 @@ def ablation_markdown(result: dict) -> str:
         for name, r in result["accuracy"].items():
             lines.append(f"| {name} | {r['test_accuracy']:.4f} | {_fmt(r['validation_folder_accuracy'])} | "
                          f"{_fmt(r['time_to_98'], '{:.0f}')} | {r['train_seconds']:.0f} |")
+        missing = [name for name in ACCURACY_ABLATIONS if name not in result["accuracy"]]
+        if missing:  # a stopped run: say which rows its ablations.json lacks
+            lines += ["", "Not run (the run stopped before them): " + "; ".join(missing) + "."]
     return "\n".join(lines) + "\n"
 
 

@@ -60,6 +60,9 @@ def test_ablation_markdown_and_docs(tmp_path):
     table = ablation_markdown(result)
     assert "| no cache (decode every epoch) | 50 | 0.50x |" in table
     assert "| default | 0.9900 | 1.0000 | never | 120 |" in table
+    # Only "default" ran: the table names the accuracy ablations that did not.
+    assert "Not run (the run stopped before them): no robustness augmentation" in table
+    assert "RMSprop, constant learning rate 0.001." in table
     env = {"date": "2026-12-03 06:00 UTC", "cpu": "Some CPU", "cpu_count": 2,
            "versions": {"tensorflow": "2.21.0", "keras": "3.15.1"},
            "matmul_gflops_float32": 189.4, "matmul_gflops_bfloat16": 316.0}
