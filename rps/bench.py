@@ -10,6 +10,7 @@ training.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -160,11 +161,19 @@ def seed_recipe_race(root, epochs: int, batch_size: int = 126, image_size: int =
 
 def race(cfg, run_dir, splits=None) -> dict:
     """Train ``cfg`` once (the normal training path, ``rps.train.train``) while timing the race
-    on ``test/``; evaluate the selected checkpoint on ``test/`` and ``validation/``."""
+    on ``test/``; evaluate the selected checkpoint on ``test/`` and ``validation/``.
+
+    A race times one training from its first epoch: a ``run_dir`` left by a stopped race is
+    deleted first, since its ``BackupAndRestore`` state would resume the training and cut the
+    timed epochs short."""
+    import shutil
+
     from rps.data import load_splits, make_eval_dataset
     from rps.evaluate import collect
     from rps.train import train
 
+    if Path(run_dir).exists():
+        shutil.rmtree(run_dir)
     splits = splits or load_splits(cfg.data, cfg.seed)
     test_x, test_y = collect(make_eval_dataset(splits.test, cfg.data))
     timer = TestAccuracyRace(test_x, test_y)
@@ -428,13 +437,52 @@ def augmentation_costs(cfg, splits, repeats: int = 5) -> dict:
     return costs
 
 
-def run_ablations(cfg, out_dir: Path, accuracy: bool = True, speed: bool = True) -> dict:
+def _resume_ablations(path: Path, base: dict, env: dict) -> dict:
+    """The rows of an earlier ``ablations.json`` at ``path`` that a resumed run may keep.
+
+    Raises:
+        ValueError: naming ``path`` when it was written with another config (the differing
+            keys are listed) or on another CPU or library versions, whose rows would not compare.
+    """
+    prior = json.loads(path.read_text())
+    here = json.loads(json.dumps(base))  # tuples -> lists, as the file stores them
+
+    def flat(d, prefix=""):
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    a, b = flat(prior.get("config", {})), flat(here)
+    changed = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+    if changed:
+        raise ValueError(f"{path}: cannot resume, it was written with another config "
+                         f"(differs in {', '.join(changed)}); drop --resume or pick another --out")
+    old = prior.get("environment", {})
+    for key in ("cpu", "cpu_count", "versions"):
+        if old.get(key) != env[key]:
+            raise ValueError(f"{path}: cannot resume, it was written with {key} {old.get(key)!r}, "
+                             f"this run has {env[key]!r}; its rows would not compare")
+    return prior
+
+
+def run_ablations(cfg, out_dir: Path, accuracy: bool = True, speed: bool = True,
+                  resume: bool = False) -> dict:
     """Run the ablation tables (see ``ACCURACY_ABLATIONS`` and ``SPEED_ABLATIONS``) and write
     ``ablations.json`` and the markdown of what ran (``ablations-speed.md``,
     ``ablations-accuracy.md``) into ``out_dir``.
 
+    ``ablations.json`` is rewritten after every accuracy row. With ``resume``, the rows an
+    earlier, stopped run left in it (same config, CPU and library versions, same overrides) are
+    kept and only the missing rows run; the result names the kept rows and when they ran.
+
     Returns:
-        ``{"accuracy": {name: race result}, "speed": {name: images per second}}``.
+        ``{"accuracy": {name: race result}, "speed": {name: images per second}}``, plus
+        ``"resumed": {"from": date, "accuracy": [names], "speed": [names]}`` when rows were
+        kept.
+
+    Raises:
+        ValueError: ``resume`` and the earlier ``ablations.json`` does not match this run.
     """
     from rps.config import build_config, to_dict
     from rps.data import load_splits
@@ -444,20 +492,41 @@ def run_ablations(cfg, out_dir: Path, accuracy: bool = True, speed: bool = True)
     out_dir.mkdir(parents=True, exist_ok=True)
     base = to_dict(cfg)
     result: dict = {"environment": environment(), "config": base, "accuracy": {}, "speed": {}}
-    if speed and cfg.augment.enabled:
+    json_path = out_dir / "ablations.json"
+    if resume and json_path.exists():
+        prior = _resume_ablations(json_path, base, result["environment"])
+        tables = (("accuracy", ACCURACY_ABLATIONS), ("speed", SPEED_ABLATIONS))
+        for kind, table in tables:
+            for name, overrides in table.items():
+                row = prior.get(kind, {}).get(name)
+                if row is not None and (kind == "speed" or row.get("overrides") == overrides):
+                    result[kind][name] = row
+        if prior.get("augmentation_ms"):
+            result["augmentation_ms"] = prior["augmentation_ms"]
+        if result["accuracy"] or result["speed"]:
+            result["resumed"] = {"from": prior["environment"]["date"],
+                                 "accuracy": list(result["accuracy"]), "speed": list(result["speed"])}
+    if speed and cfg.augment.enabled and "augmentation_ms" not in result:
         result["augmentation_ms"] = augmentation_costs(cfg, load_splits(cfg.data, cfg.seed))
-    for i, (name, overrides) in enumerate(SPEED_ABLATIONS.items() if speed else []):
+    for name, overrides in SPEED_ABLATIONS.items() if speed else []:
+        if name in result["speed"]:
+            continue
         variant = build_config(base, [o for o in overrides if not o.startswith("@")])
         splits = load_splits(variant.data, variant.seed)
         result["speed"][name] = train_throughput(variant, splits, "@augment_in_model" in overrides)
     for i, (name, overrides) in enumerate(ACCURACY_ABLATIONS.items() if accuracy else []):
+        if name in result["accuracy"]:
+            continue
         variant = build_config(base, overrides)
         record = race(variant, out_dir / f"ablation-{i}")
         result["accuracy"][name] = {k: record[k] for k in (
             "test_accuracy", "validation_folder_accuracy", "time_to_98", "train_seconds")}
         result["accuracy"][name]["overrides"] = overrides
-        write_json(out_dir / "ablations.json", result)  # partial results survive a stop
-    write_json(out_dir / "ablations.json", result)
+        write_json(json_path, result)  # partial results survive a stop
+    # Table order, whatever order resumed and new rows arrived in.
+    for kind, table in (("accuracy", ACCURACY_ABLATIONS), ("speed", SPEED_ABLATIONS)):
+        result[kind] = {name: result[kind][name] for name in table if name in result[kind]}
+    write_json(json_path, result)
     if speed:
         write_atomic(out_dir / "ablations-speed.md", ablation_markdown({**result, "accuracy": {}}))
     if accuracy:
@@ -552,6 +621,12 @@ def ablation_markdown(result: dict) -> str:
         missing = [name for name in ACCURACY_ABLATIONS if name not in result["accuracy"]]
         if missing:  # a stopped run: say which rows its ablations.json lacks
             lines += ["", "Not run (the run stopped before them): " + "; ".join(missing) + "."]
+    resumed = result.get("resumed") or {}
+    kept = [f"{name} ({kind})" for kind in ("speed", "accuracy") if result[kind]
+            for name in resumed.get(kind, [])]
+    if kept:
+        lines += ["", f"Resumed run: these rows come from the stopped run of {resumed['from']} "
+                      f"(same config, CPU and versions): " + "; ".join(kept) + "."]
     return "\n".join(lines) + "\n"
 
 

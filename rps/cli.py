@@ -220,7 +220,7 @@ def cmd_bench(args) -> int:
         print((out_dir / "backends.md").read_text())
     elif args.ablations:
         result = run_ablations(cfg, out_dir, accuracy=args.ablations in ("accuracy", "all"),
-                               speed=args.ablations in ("speed", "all"))
+                               speed=args.ablations in ("speed", "all"), resume=args.resume)
         print(ablation_markdown(result))
     else:
         seeds = [cfg.seed + i for i in range(args.seeds)]
@@ -328,6 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--docs", help="also write the markdown table to this file")
     p.add_argument("--ablations", choices=("accuracy", "speed", "all"),
                    help="run the ablation tables instead of the seed race")
+    p.add_argument("--resume", action="store_true",
+                   help="with --ablations: keep the rows a stopped run left in the results "
+                        "folder's ablations.json (same config, CPU and versions), run the rest")
     p.add_argument("--backends", metavar="tensorflow,jax,torch",
                    help="instead of the race: seconds per training epoch on each Keras backend")
     p.add_argument("--export", metavar="RUN_DIR",

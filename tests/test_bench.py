@@ -123,3 +123,55 @@ def test_bench_backends_reports_epoch_time_per_backend(tiny_root, tmp_path):
     assert result["tensorflow"]["epoch_seconds"] > 0
     torch_installed = importlib.util.find_spec("torch") is not None
     assert ("epoch_seconds" in result["torch"]) == torch_installed, result["torch"]
+
+
+def test_resumed_ablations_run_only_the_missing_rows(tmp_path, monkeypatch):
+    import rps.bench as bench
+    from rps.config import load_config, to_dict
+
+    env = {"date": "2026-12-06 03:19 UTC", "cpu": "Some CPU", "cpu_count": 2,
+           "versions": {"tensorflow": "2.21.0", "keras": "3.15.1"},
+           "matmul_gflops_float32": 245.0, "matmul_gflops_bfloat16": 1028.0}
+    monkeypatch.setattr(bench, "environment", lambda: {**env, "date": "2026-12-06 05:00 UTC"})
+    raced = []
+
+    def fake_race(cfg, run_dir, splits=None):
+        raced.append(run_dir.name)
+        return {"test_accuracy": 0.5, "validation_folder_accuracy": None, "time_to_98": None,
+                "train_seconds": 1.0}
+
+    monkeypatch.setattr(bench, "race", fake_race)
+    cfg = load_config(REPO / "configs" / "smoke.yaml")
+    names = list(bench.ACCURACY_ABLATIONS)
+    row = {"test_accuracy": 1.0, "validation_folder_accuracy": 1.0, "time_to_98": 80.0,
+           "train_seconds": 500.0}
+    earlier = {"environment": env, "config": to_dict(cfg), "speed": {},
+               "accuracy": {names[1]: {**row, "overrides": bench.ACCURACY_ABLATIONS[names[1]]},
+                            names[0]: {**row, "overrides": []},
+                            # same name, other overrides (the table changed since): rerun
+                            names[2]: {**row, "overrides": ["augment.hue=0"]}}}
+    (tmp_path / "ablations.json").write_text(json.dumps(earlier))
+
+    result = bench.run_ablations(cfg, tmp_path, speed=False, resume=True)
+    assert raced == [f"ablation-{i}" for i in range(2, len(names))]
+    assert list(result["accuracy"]) == names  # table order, not arrival order
+    assert result["accuracy"][names[1]]["test_accuracy"] == 1.0
+    assert result["accuracy"][names[2]]["test_accuracy"] == 0.5
+    assert result["resumed"] == {"from": "2026-12-06 03:19 UTC", "accuracy": names[:2], "speed": []}
+    table = (tmp_path / "ablations-accuracy.md").read_text()
+    assert "stopped run of 2026-12-06 03:19 UTC" in table and "Not run" not in table
+    assert json.loads((tmp_path / "ablations.json").read_text())["resumed"] == result["resumed"]
+
+    # Without --resume, every row runs again.
+    raced.clear()
+    bench.run_ablations(cfg, tmp_path, speed=False)
+    assert len(raced) == len(names)
+
+    # Another config, or another CPU: refused, naming the file and what differs.
+    (tmp_path / "ablations.json").write_text(json.dumps(earlier))
+    other = load_config(REPO / "configs" / "smoke.yaml", ["train.epochs=7"])
+    with pytest.raises(ValueError, match=r"ablations\.json: cannot resume.*train\.epochs"):
+        bench.run_ablations(other, tmp_path, speed=False, resume=True)
+    (tmp_path / "ablations.json").write_text(json.dumps({**earlier, "environment": {**env, "cpu": "Other"}}))
+    with pytest.raises(ValueError, match=r"ablations\.json: cannot resume.*cpu 'Other'"):
+        bench.run_ablations(cfg, tmp_path, speed=False, resume=True)
