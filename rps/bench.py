@@ -622,7 +622,8 @@ def ablation_markdown(result: dict) -> str:
         if missing:  # a stopped run: say which rows its ablations.json lacks
             lines += ["", "Not run (the run stopped before them): " + "; ".join(missing) + "."]
     resumed = result.get("resumed") or {}
-    kept = [f"{name} ({kind})" for kind in ("speed", "accuracy") if result[kind]
+    shown = [kind for kind in ("speed", "accuracy") if result[kind]]
+    kept = [name + (f" ({kind})" if len(shown) > 1 else "") for kind in shown
             for name in resumed.get(kind, [])]
     if kept:
         lines += ["", f"Resumed run: these rows come from the stopped run of {resumed['from']} "
