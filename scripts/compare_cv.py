@@ -12,8 +12,10 @@ written down before the runs: the candidate replaces the baseline only if all th
 3. its ``validation/`` errors, summed over the folds, are not higher.
 
 ``test.json`` is not read. Usage:
-``python scripts/compare_cv.py docs/cv/width40-seed42.cv.json saved_models/cv-NAME/cv.json``
-(prints the figures and the verdict; ``--json FILE`` also writes them).
+``python scripts/compare_cv.py docs/cv/width40-seed42-fixedseeds.cv.json saved_models/cv-NAME/cv.json``
+(prints the figures and the verdict; ``--json FILE`` also writes them). The baseline files made
+before the op-seed fix of 2026-12-05 (``width40-seed42``, ``width40-rerun-seed42``) trained with
+correlated augmentation draws; compare a candidate with a run made after it.
 
 While the candidate's run is still going (its finished folds a subset of the baseline's), the
 same command gives the interim verdict instead: parts 2 and 3 compare the candidate's errors so
