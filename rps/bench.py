@@ -17,6 +17,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from rps.models import probabilities
+
 
 class TestAccuracyRace(keras.callbacks.Callback):
     """After each epoch, record the training time so far (seconds, this callback's own
@@ -41,7 +43,7 @@ class TestAccuracyRace(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         now = time.perf_counter()
-        scores = self.model.predict(self.images, batch_size=128, verbose=0)
+        scores = probabilities(self.model.predict(self.images, batch_size=128, verbose=0))
         accuracy = float(np.mean(np.argmax(scores, 1) == self.labels))
         self.records.append({"epoch": epoch + 1, "train_seconds": now - self._start - self._excluded,
                              "test_accuracy": accuracy})
@@ -183,7 +185,8 @@ def race(cfg, run_dir, splits=None) -> dict:
         if split is None:
             return None
         x, y = collect(make_eval_dataset(split, cfg.data))
-        return float(np.mean(np.argmax(result.model.predict(x, verbose=0, batch_size=128), 1) == y))
+        scores = probabilities(result.model.predict(x, verbose=0, batch_size=128))
+        return float(np.mean(np.argmax(scores, 1) == y))
 
     epoch_seconds = np.diff([0.0] + [r["train_seconds"] for r in timer.records])
     steady = float(np.median(epoch_seconds[1:])) if len(epoch_seconds) > 1 else float(epoch_seconds[0])

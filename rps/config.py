@@ -155,11 +155,17 @@ class ModelConfig:
         name: preset name.
         width: number of filters of the first block; later blocks scale from it.
         dropout_rate: dropout before the classifier head.
+        members: ensemble members (``1``: a single model). With ``M > 1`` the model holds ``M``
+            copies of the preset, each with its own initialisation and dropout, trained together
+            on the same batches, each on its own cross-entropy; the prediction averages their
+            probabilities (deep ensembles, Lakshminarayanan et al. 2017,
+            https://arxiv.org/abs/1612.01474). Parameters, FLOPs and training time grow ``M``-fold.
     """
 
     name: str = "fast_cnn"
     width: int = 32
     dropout_rate: float = 0.2
+    members: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -464,6 +470,7 @@ def _check(cfg: Config) -> None:
         ("augment.mixup", 0.0 <= cfg.augment.mixup <= 10.0, "an alpha in [0, 10] (0 switches mixup off)"),
         ("model.width", cfg.model.width >= 1, "an integer >= 1"),
         ("model.dropout_rate", 0.0 <= cfg.model.dropout_rate < 1.0, "in [0, 1)"),
+        ("model.members", 1 <= cfg.model.members <= 8, "an integer in [1, 8]"),
         ("train.epochs", cfg.train.epochs >= 1, "an integer >= 1"),
         ("train.learning_rate", cfg.train.learning_rate > 0.0, "> 0"),
         ("train.weight_decay", cfg.train.weight_decay >= 0.0, ">= 0"),

@@ -1,4 +1,6 @@
 """Model presets. Each takes raw RGB pixels (``float32 [B, S, S, 3]``, 0-255) and returns logits.
+With ``model.members: M > 1`` the model is an ensemble of ``M`` presets whose logits come out
+stacked, ``[B, M, num_classes]``; ``add_softmax`` averages their probabilities.
 
 Usage: ``model = build_model(cfg.model, num_classes=3, image_size=150)``.
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 from typing import Callable
 
 import keras
+import numpy as np
 from keras import layers
 
 from rps.config import ModelConfig
@@ -80,16 +83,17 @@ PRESETS: dict[str, Callable[[ModelConfig, int, int], keras.Model]] = {
 
 
 def build_model(model_cfg: ModelConfig, num_classes: int, image_size: int) -> keras.Model:
-    """Build the preset named ``model_cfg.name``.
+    """Build the preset named ``model_cfg.name``, or an ensemble of ``model_cfg.members`` of them.
 
     Args:
-        model_cfg: preset name, width, dropout rate.
+        model_cfg: preset name, width, dropout rate, ensemble members.
         num_classes: number of output classes.
         image_size: input side in pixels.
 
     Returns:
         A functional ``keras.Model`` mapping ``float32 [B, image_size, image_size, 3]`` pixels
-        (0-255) to ``[B, num_classes]`` logits.
+        (0-255) to ``[B, num_classes]`` logits, or with ``members: M > 1`` to ``[B, M,
+        num_classes]`` logits, one row per member (see ``build_ensemble``).
 
     Raises:
         ValueError: unknown preset name (the message lists the valid ones).
@@ -97,12 +101,63 @@ def build_model(model_cfg: ModelConfig, num_classes: int, image_size: int) -> ke
     if model_cfg.name not in PRESETS:
         raise ValueError(f"unknown model preset '{model_cfg.name}' (config key model.name); "
                          f"valid presets: {', '.join(sorted(PRESETS))}.")
-    return PRESETS[model_cfg.name](model_cfg, num_classes, image_size)
+    build = PRESETS[model_cfg.name]
+    if model_cfg.members == 1:
+        return build(model_cfg, num_classes, image_size)
+    return build_ensemble([build(model_cfg, num_classes, image_size)
+                           for _ in range(model_cfg.members)])
+
+
+def build_ensemble(members: list[keras.Model]) -> keras.Model:
+    """Stack the logits of independently initialised models that share one input.
+
+    Each member keeps its own weights (the initialisers draw from the global Keras seed one
+    member after the other, so ``keras.utils.set_random_seed`` fixes them all). Trained with
+    ``rps.train.MemberCrossentropy``, every member learns from its own loss on the same batches,
+    as in deep ensembles (Lakshminarayanan et al. 2017, https://arxiv.org/abs/1612.01474), where
+    most of the diversity comes from the random initialisation (Fort et al. 2019,
+    https://arxiv.org/abs/1912.02757).
+
+    Args:
+        members: two or more models mapping the same ``[B, S, S, 3]`` input to ``[B, C]`` logits.
+
+    Returns:
+        A ``keras.Model`` named ``<member name>_x<M>`` from ``float32 [B, S, S, 3]`` to
+        ``[B, M, C]`` logits (output layer ``logits``).
+    """
+    inputs = keras.Input(members[0].input_shape[1:], name="image")
+    num_classes = members[0].output_shape[-1]
+    rows = []
+    for i, member in enumerate(members):
+        member = keras.Model(member.input, member.output, name=f"member{i}")
+        rows.append(layers.Reshape((1, num_classes), name=f"member{i}_row")(member(inputs)))
+    logits = layers.Concatenate(axis=1, name="logits")(rows)
+    return keras.Model(inputs, logits, name=f"{members[0].name}_x{len(members)}")
+
+
+def probabilities(outputs) -> np.ndarray:
+    """Class probabilities from a model's raw outputs.
+
+    Args:
+        outputs: ``[B, C]`` logits, or an ensemble's ``[B, M, C]`` member logits.
+
+    Returns:
+        ``float32 [B, C]``: the softmax over the classes, averaged over the members of an
+        ensemble.
+    """
+    probs = keras.ops.convert_to_numpy(keras.ops.softmax(
+        keras.ops.convert_to_tensor(np.asarray(outputs, np.float32)), axis=-1))
+    return probs.mean(axis=1) if probs.ndim == 3 else probs
 
 
 def add_softmax(model: keras.Model) -> keras.Model:
     """Wrap a logits model into the inference model: same input, output ``float32
     [B, num_classes]`` probabilities (softmax over the logits, computed in float32 even under a
-    mixed-precision policy)."""
-    probabilities = layers.Softmax(name="probabilities", dtype="float32")(model.output)
-    return keras.Model(model.input, probabilities, name=f"{model.name}_inference")
+    mixed-precision policy; for an ensemble's ``[B, M, num_classes]`` logits, the mean of the
+    members' softmax)."""
+    if len(model.output.shape) == 3:
+        member_probs = layers.Softmax(name="member_probabilities", dtype="float32")(model.output)
+        probs = layers.GlobalAveragePooling1D(name="probabilities", dtype="float32")(member_probs)
+    else:
+        probs = layers.Softmax(name="probabilities", dtype="float32")(model.output)
+    return keras.Model(model.input, probs, name=f"{model.name}_inference")

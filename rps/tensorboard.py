@@ -26,6 +26,7 @@ import tensorflow as tf
 
 from rps.config import Config, to_dict
 from rps.data import ImageSplit, make_image_dataset
+from rps.models import probabilities
 
 # Config keys left out of the HParams table: the long license text says nothing about a run.
 _HPARAMS_SKIP = ("export.license",)
@@ -134,7 +135,7 @@ class ImageSummaries(keras.callbacks.Callback):
         # Eager calls, not model.predict: predict would trace one more tf.function per run.
         # NumPy in and out, so that it works on every Keras backend.
         predicted = np.concatenate([
-            np.argmax(keras.ops.convert_to_numpy(self.model(np.asarray(x), training=False)), 1)
+            np.argmax(probabilities(self.model(np.asarray(x), training=False)), 1)
             for x, _ in self.val_dataset])
         cm = tf.math.confusion_matrix(self.val_labels, predicted,
                                       num_classes=len(self.class_names)).numpy()

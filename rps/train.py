@@ -283,19 +283,46 @@ def make_fit_datasets(cfg: Config, splits: Splits
     return train_ds, val_ds, steps_per_epoch
 
 
+class MemberCrossentropy(keras.losses.CategoricalCrossentropy):
+    """Categorical cross-entropy of each ensemble member against the same labels, averaged over
+    the members and the batch: each member learns as if trained alone (deep ensembles,
+    Lakshminarayanan et al. 2017, https://arxiv.org/abs/1612.01474).
+
+    ``y_true``: ``[B, C]`` one-hot (or smoothed, or mixup) labels; ``y_pred``: ``[B, M, C]``
+    member logits (``rps.models.build_ensemble``). Same arguments as
+    ``keras.losses.CategoricalCrossentropy``.
+    """
+
+    def call(self, y_true, y_pred):
+        y_true = keras.ops.broadcast_to(keras.ops.expand_dims(y_true, 1), keras.ops.shape(y_pred))
+        return super().call(y_true, y_pred)
+
+
+def ensemble_accuracy(y_true, y_pred):
+    """Top-1 accuracy of an ensemble: ``y_true`` ``[B, C]`` labels, ``y_pred`` ``[B, M, C]``
+    member logits; the prediction is the argmax of the members' mean probability. Returns
+    ``float32 [B]``, 1 where right."""
+    mean_probs = keras.ops.mean(keras.ops.softmax(keras.ops.cast(y_pred, "float32"), axis=-1), axis=1)
+    return keras.ops.cast(keras.ops.equal(keras.ops.argmax(y_true, -1),
+                                          keras.ops.argmax(mean_probs, -1)), "float32")
+
+
 def compile_model(model: keras.Model, cfg: Config, steps_per_epoch: int) -> keras.Model:
     """Compile a logits model for training: the configured optimizer and schedule, categorical
-    cross-entropy on logits with label smoothing, accuracy. Call it inside ``strategy.scope()``
+    cross-entropy on logits with label smoothing, accuracy (for an ensemble,
+    ``MemberCrossentropy`` and ``ensemble_accuracy``). Call it inside ``strategy.scope()``
     (``train`` and the tuner's hypermodel both do).
 
     Returns:
         ``model``, compiled.
     """
+    ensemble = cfg.model.members > 1
     model.compile(
         optimizer=make_optimizer(cfg.train, steps_per_epoch, model),
-        loss=keras.losses.CategoricalCrossentropy(
+        loss=(MemberCrossentropy if ensemble else keras.losses.CategoricalCrossentropy)(
             from_logits=True, label_smoothing=cfg.train.label_smoothing),
-        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+        metrics=[keras.metrics.MeanMetricWrapper(ensemble_accuracy, name="accuracy") if ensemble
+                 else keras.metrics.CategoricalAccuracy(name="accuracy")],
         jit_compile=cfg.train.jit_compile,
         steps_per_execution=cfg.train.steps_per_execution,
     )

@@ -56,6 +56,8 @@ def test_out_of_range_value():
     assert str(err.value) == "config key 'train.epochs' = -1 is out of range: expected an integer >= 1."
     with pytest.raises(ConfigError, match=r"'augment.mixup' = -0.2 is out of range: expected an alpha"):
         build_config(overrides=["augment.mixup=-0.2"])
+    with pytest.raises(ConfigError, match=r"'model.members' = 0 is out of range: expected an integer in"):
+        build_config(overrides=["model.members=0"])
 
 
 def test_fold_must_be_one_of_the_folds():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from rps.config import build_config
-from rps.models import PRESETS, add_softmax, build_model
+from rps.models import PRESETS, add_softmax, build_model, probabilities
 
 
 def test_seed_cnn_matches_the_talk():
@@ -24,6 +24,42 @@ def test_presets_output_logits_then_probabilities(name):
     assert logits.shape == probs.shape == (2, 3)
     np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
     assert model.layers[1].name == "rescale"  # raw 0-255 pixels in
+
+
+def test_ensemble_stacks_member_logits_and_averages_member_probabilities():
+    import keras
+
+    keras.utils.set_random_seed(0)
+    single = build_model(build_config(overrides=["model.width=8"]).model, 3, 64)
+    model = build_model(build_config(overrides=["model.width=8", "model.members=2"]).model, 3, 64)
+    x = np.random.default_rng(0).uniform(0, 255, (4, 64, 64, 3)).astype("float32")
+    logits = model.predict(x, verbose=0)
+    assert logits.shape == (4, 2, 3)
+    assert model.count_params() == 2 * single.count_params()
+    assert not np.allclose(logits[:, 0], logits[:, 1])  # each member has its own initialisation
+    probs = add_softmax(model).predict(x, verbose=0)
+    member_probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    np.testing.assert_allclose(probs, member_probs.mean(1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(probabilities(logits), probs, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(probabilities(logits[:, 0]), member_probs[:, 0], rtol=1e-5, atol=1e-6)
+
+
+def test_member_crossentropy_trains_each_member_on_its_own_loss():
+    import keras
+
+    from rps.train import MemberCrossentropy, ensemble_accuracy
+
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(5, 2, 3)).astype("float32")
+    labels = np.eye(3, dtype="float32")[rng.integers(0, 3, 5)]
+    single = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=0.1)
+    expected = np.mean([float(single(labels, logits[:, m])) for m in range(2)])
+    got = float(MemberCrossentropy(from_logits=True, label_smoothing=0.1)(labels, logits))
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    # Accuracy follows the members' mean probability, not either member alone.
+    logits = np.array([[[4.0, 0.0, 0.0], [0.0, 1.0, 0.0]]], "float32")  # member 0 sure of 0
+    assert float(ensemble_accuracy(np.eye(3, dtype="float32")[[0]], logits)[0]) == 1.0
+    assert float(ensemble_accuracy(np.eye(3, dtype="float32")[[1]], logits)[0]) == 0.0
 
 
 def test_fast_cnn_is_small():

@@ -143,3 +143,21 @@ def test_training_without_validation_split_uses_all_of_train(tiny_root, tmp_path
     assert not (tmp_path / "run" / "checkpoints" / "best.weights.h5").exists()
     # Keras's CSVLogger writes val_* columns of NA; read_history leaves them out.
     assert set(read_history(tmp_path / "run" / "history.csv")) == {"epoch", "accuracy", "loss"}
+
+
+def test_ensemble_trains_and_exports_one_averaged_model(tiny_root, tmp_path):
+    # model.members=2: both members learn, and every export (Keras, SavedModel, TFLite) gives
+    # the members' mean probability, one [B, 3] row per image.
+    from rps.config import load_config
+    from rps.pipeline import run
+    from rps.runs import read_run_config
+
+    cfg = load_config(REPO / "configs" / "smoke.yaml", [
+        f"data.root={tiny_root}", "data.image_size=32", "data.global_batch_size=8",
+        "train.epochs=1", "train.warmup_epochs=0", "model.members=2",
+        f"output_dir={tmp_path / 'runs'}", "run_name=ensemble"])
+    run_dir = run(cfg, argv=["test"])
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["test"]["tflite"]["agreement"] == 1.0
+    assert metrics["test"]["saved_model"]["agreement"] == 1.0
+    assert read_run_config(run_dir).model.members == 2
