@@ -139,14 +139,16 @@ def probabilities(outputs) -> np.ndarray:
     """Class probabilities from a model's raw outputs.
 
     Args:
-        outputs: ``[B, C]`` logits, or an ensemble's ``[B, M, C]`` member logits.
+        outputs: ``[B, C]`` logits, or an ensemble's ``[B, M, C]`` member logits (NumPy or a
+            tensor of the Keras backend).
 
     Returns:
         ``float32 [B, C]``: the softmax over the classes, averaged over the members of an
         ensemble.
     """
-    probs = keras.ops.convert_to_numpy(keras.ops.softmax(
-        keras.ops.convert_to_tensor(np.asarray(outputs, np.float32)), axis=-1))
+    # convert_to_numpy first: a torch tensor that requires grad refuses np.asarray.
+    logits = np.asarray(keras.ops.convert_to_numpy(outputs), np.float32)
+    probs = keras.ops.convert_to_numpy(keras.ops.softmax(keras.ops.convert_to_tensor(logits), axis=-1))
     return probs.mean(axis=1) if probs.ndim == 3 else probs
 
 
