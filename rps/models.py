@@ -148,8 +148,15 @@ def probabilities(outputs) -> np.ndarray:
     """
     # convert_to_numpy first: a torch tensor that requires grad refuses np.asarray.
     logits = np.asarray(keras.ops.convert_to_numpy(outputs), np.float32)
-    probs = keras.ops.convert_to_numpy(keras.ops.softmax(keras.ops.convert_to_tensor(logits), axis=-1))
-    return probs.mean(axis=1) if probs.ndim == 3 else probs
+    return keras.ops.convert_to_numpy(mean_member_softmax(keras.ops.convert_to_tensor(logits)))
+
+
+def mean_member_softmax(logits):
+    """The softmax over the classes (last axis) in float32, averaged over the members (axis 1)
+    of an ensemble's ``[B, M, C]`` logits; ``[B, C]`` logits get the plain softmax. A backend
+    tensor in, ``float32 [B, C]`` out; usable inside a compiled train step."""
+    probs = keras.ops.softmax(keras.ops.cast(logits, "float32"), axis=-1)
+    return keras.ops.mean(probs, axis=1) if len(probs.shape) == 3 else probs
 
 
 def add_softmax(model: keras.Model) -> keras.Model:

@@ -28,7 +28,7 @@ from rps import tensorboard as tb
 from rps.augment import make_augmenter, make_mixup
 from rps.config import Config, TrainConfig, has_validation, parse_profile_batches
 from rps.data import Splits, make_eval_dataset, make_train_dataset
-from rps.models import build_model
+from rps.models import build_model, mean_member_softmax
 from rps.runs import FINAL_WEIGHTS, HISTORY_FILE, FinishedTraining, prepare_resume, read_history
 
 log = logging.getLogger(__name__)
@@ -302,9 +302,8 @@ def ensemble_accuracy(y_true, y_pred):
     """Top-1 accuracy of an ensemble: ``y_true`` ``[B, C]`` labels, ``y_pred`` ``[B, M, C]``
     member logits; the prediction is the argmax of the members' mean probability. Returns
     ``float32 [B]``, 1 where right."""
-    mean_probs = keras.ops.mean(keras.ops.softmax(keras.ops.cast(y_pred, "float32"), axis=-1), axis=1)
     return keras.ops.cast(keras.ops.equal(keras.ops.argmax(y_true, -1),
-                                          keras.ops.argmax(mean_probs, -1)), "float32")
+                                          keras.ops.argmax(mean_member_softmax(y_pred), -1)), "float32")
 
 
 def compile_model(model: keras.Model, cfg: Config, steps_per_epoch: int) -> keras.Model:

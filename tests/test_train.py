@@ -146,8 +146,8 @@ def test_training_without_validation_split_uses_all_of_train(tiny_root, tmp_path
 
 
 def test_ensemble_trains_and_exports_one_averaged_model(tiny_root, tmp_path):
-    # model.members=2: both members learn, and every export (Keras, SavedModel, TFLite) gives
-    # the members' mean probability, one [B, 3] row per image.
+    # model.members=2: the ensemble trains through the whole pipeline, and the SavedModel and
+    # TFLite exports agree with the Keras model's mean member probability on every image.
     from rps.config import load_config
     from rps.pipeline import run
     from rps.runs import read_run_config
