@@ -236,6 +236,54 @@ def summarize(ours: list[dict], reference: dict | None) -> dict:
     return summary
 
 
+# Issue 4's targets for the default config (docs/benchmarks.md): test/ top-1 over the seeds,
+# validation/ top-1, speed-up to 98% against the seed recipe, input pipeline headroom, size.
+GOALS = {"test_accuracy_mean": 0.995, "test_accuracy_min": 0.99, "validation_folder_accuracy_min": 1.0,
+         "speedup_to_98": 5.0, "pipeline_headroom": 5.0, "num_parameters": 350_000}
+
+
+def goal_checks(result: dict) -> list[dict]:
+    """Each of issue 4's goals against a ``run_bench`` result: what it asks, what was measured,
+    and whether it is met (``None`` where the run did not measure it, e.g. without the seed
+    recipe's race or without a ``validation/`` folder).
+
+    Returns:
+        One dict per goal: ``goal`` (str), ``target`` (str), ``measured`` (str), ``met``
+        (bool or None).
+    """
+    s, p = result["summary"], result["pipeline"]
+    headroom = p["tf_data_images_per_second"] / s["train_images_per_second"]
+    valid = [r.get("validation_folder_accuracy") for r in result["ours"]]
+    valid_min = None if any(v is None for v in valid) else min(valid)
+    speedup = s.get("speedup_to_98")
+
+    def shown(value, pattern):
+        return "not measured" if value is None else pattern.format(value)
+
+    def check(goal, target, measured, value, ok):
+        return {"goal": goal, "target": target, "measured": measured,
+                "met": None if value is None else bool(ok(value))}
+
+    return [
+        check("1. test/ top-1, mean over seeds", f">= {GOALS['test_accuracy_mean']}",
+              f"{s['test_accuracy_mean']:.4f}", s["test_accuracy_mean"],
+              lambda v: v >= GOALS["test_accuracy_mean"]),
+        check("1. test/ top-1, every seed", f">= {GOALS['test_accuracy_min']}",
+              f"{s['test_accuracy_min']:.4f}", s["test_accuracy_min"],
+              lambda v: v >= GOALS["test_accuracy_min"]),
+        check("1. validation/ top-1, every seed", f">= {GOALS['validation_folder_accuracy_min']}",
+              shown(valid_min, "{:.4f}"), valid_min,
+              lambda v: v >= GOALS["validation_folder_accuracy_min"]),
+        check("2. speed-up to 98% test top-1", f">= {GOALS['speedup_to_98']:.0f}x",
+              shown(speedup, "{:.1f}x"), speedup,
+              lambda v: v >= GOALS["speedup_to_98"]),
+        check("3. tf.data images/s over training images/s", f">= {GOALS['pipeline_headroom']:.0f}x",
+              f"{headroom:.1f}x", headroom, lambda v: v >= GOALS["pipeline_headroom"]),
+        check("4. parameters", f"<= {GOALS['num_parameters']:,}", f"{s['num_parameters']:,}",
+              s["num_parameters"], lambda v: v <= GOALS["num_parameters"]),
+    ]
+
+
 def _fmt(value, pattern="{:.4f}"):
     return "never" if value is None else pattern.format(value)
 
@@ -292,6 +340,10 @@ def markdown_table(result: dict) -> str:
               f"- Training compute: {s['training_gflops_per_second']:.1f} GFLOP/s "
               f"(3 x forward FLOPs x images/s), {100 * s['training_gflops_per_second'] / env['matmul_gflops_float32']:.1f}% "
               f"of the float32 matmul rate."]
+    verdict = {True: "met", False: "not met", None: "not measured"}
+    lines += ["", "| goal (issue 4) | target | measured | |", "|---|---|---|---|"]
+    lines += [f"| {g['goal']} | {g['target']} | {g['measured']} | {verdict[g['met']]} |"
+              for g in goal_checks(result)]
     return "\n".join(lines) + "\n"
 
 
