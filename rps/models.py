@@ -146,15 +146,15 @@ def probabilities(outputs) -> np.ndarray:
         ``float32 [B, C]``: the softmax over the classes, averaged over the members of an
         ensemble.
     """
-    # convert_to_numpy first: a torch tensor that requires grad refuses np.asarray.
-    logits = np.asarray(keras.ops.convert_to_numpy(outputs), np.float32)
-    return keras.ops.convert_to_numpy(mean_member_softmax(keras.ops.convert_to_tensor(logits)))
+    # keras.ops.convert_to_numpy, not np.asarray: it detaches a torch tensor that requires grad.
+    return keras.ops.convert_to_numpy(mean_member_softmax(outputs))
 
 
 def mean_member_softmax(logits):
     """The softmax over the classes (last axis) in float32, averaged over the members (axis 1)
     of an ensemble's ``[B, M, C]`` logits; ``[B, C]`` logits get the plain softmax. A backend
-    tensor in, ``float32 [B, C]`` out; usable inside a compiled train step."""
+    tensor (or NumPy array) in, a ``float32 [B, C]`` backend tensor out; usable inside a compiled
+    train step."""
     probs = keras.ops.softmax(keras.ops.cast(logits, "float32"), axis=-1)
     return keras.ops.mean(probs, axis=1) if len(probs.shape) == 3 else probs
 
