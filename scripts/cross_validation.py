@@ -14,8 +14,12 @@ Outputs in ``--out``:
 - ``cv.json``: per fold and in total, errors, top-1 and mean negative log-likelihood (nats) on
   the held-out hands, the same per hand (group key), and on ``validation/``. Decide on
   this file.
-- ``test.json``: ``test/`` top-1 and errors per fold, written for the record and read by
-  nothing here; it is not a decision input.
+- ``images.json``: per fold, every held-out and ``validation/`` image (path relative to
+  ``data.root``, label, the exported model's probabilities rounded to 5 decimals), so that
+  which images a run got wrong, and scores other than those in ``cv.json``, can be read
+  without the weights.
+- ``test.json``: ``test/`` top-1 and errors per fold, with the same per-image records, written
+  for the record and read by nothing here; it is not a decision input.
 
 Both files are rewritten after every fold, so a stopped run keeps its finished folds.
 
@@ -28,6 +32,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -51,9 +56,10 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     base = load_config(args.config, [*args.overrides, f"data.folds={args.folds}"])
-    cv_file, test_file = out / "cv.json", out / "test.json"
+    cv_file, test_file, images_file = out / "cv.json", out / "test.json", out / "images.json"
     cv = json.loads(cv_file.read_text()) if cv_file.exists() else {"folds": {}}
     test = json.loads(test_file.read_text()) if test_file.exists() else {}
+    images = json.loads(images_file.read_text()) if images_file.exists() else {}
     config = json.loads(json.dumps(dataclasses.asdict(base)))
     if cv.get("config", config) != config:
         raise SystemExit(f"{cv_file} holds folds of another config; choose another --out.")
@@ -71,11 +77,18 @@ def main() -> None:
             x, y = collect(make_eval_dataset(split, cfg.data))
             probabilities = predict_probabilities(model, x)
             scores = {**nll_and_accuracy(probabilities, y), "images": len(y)}
+            records = [{"path": os.path.relpath(p, cfg.data.root), "label": int(label),
+                        "probabilities": [round(float(q), 5) for q in row_p]}
+                       for p, label, row_p in zip(split.paths, y, probabilities)]
             if name == "held_out":
                 hands = np.asarray(group_keys(split.paths, cfg.data.group_pattern))
                 scores["per_hand"] = {h: nll_and_accuracy(probabilities[hands == h], y[hands == h])
                                       for h in sorted(set(hands))}
-            (test.setdefault(str(fold), {}) if name == "test" else row)[name] = scores
+            if name == "test":
+                test.setdefault(str(fold), {})[name] = {**scores, "per_image": records}
+            else:
+                row[name] = scores
+                images.setdefault(str(fold), {})[name] = records
         cv["folds"][str(fold)] = row
         cv["total"] = {
             name: {"errors": sum(r[name]["errors"] for r in cv["folds"].values()),
@@ -85,6 +98,7 @@ def main() -> None:
         cv["total"]["folds_done"] = sorted(int(k) for k in cv["folds"])
         cv_file.write_text(json.dumps(cv, indent=1))
         test_file.write_text(json.dumps(test, indent=1))
+        images_file.write_text(json.dumps(images))
         print(json.dumps({"fold": fold, **{k: v["errors"] for k, v in row.items()},
                           "errors_per_hand": {h: r["errors"] for h, r in
                                               row["held_out"]["per_hand"].items()}}), flush=True)

@@ -76,7 +76,17 @@ def test_cross_validation_scores_every_training_image_once(tiny_root, tmp_path):
         r["errors"] for f in cv["folds"].values() for r in f["held_out"]["per_hand"].values())
     assert cv["folds"]["0"]["validation_folder"]["images"] == 6
     assert "test" not in cv["folds"]["0"]
-    assert set(json.loads((out / "test.json").read_text())) == {"0", "1"}
+    test = json.loads((out / "test.json").read_text())
+    assert set(test) == {"0", "1"}
+    # images.json: one record per held-out image, each image once, the errors those of cv.json.
+    images = json.loads((out / "images.json").read_text())
+    held_out = [r for fold in images.values() for r in fold["held_out"]]
+    assert len({r["path"] for r in held_out}) == len(held_out) == 24
+    assert all(r["path"].startswith("train/") for r in held_out)
+    assert sum(r["probabilities"].index(max(r["probabilities"])) != r["label"] for r in held_out) == \
+        cv["total"]["held_out"]["errors"]
+    assert len(images["0"]["validation_folder"]) == 6
+    assert len(test["0"]["test"]["per_image"]) == test["0"]["test"]["images"]
     # Rerunning into the same folder with another config is refused.
     again = subprocess.run(
         [sys.executable, "scripts/cross_validation.py", "--config", "configs/smoke.yaml",
