@@ -441,7 +441,8 @@ def train_throughput(cfg, splits, augment_in_model: bool = False, epochs: int = 
     timer = keras.callbacks.LambdaCallback(
         on_epoch_begin=lambda e, logs: times.append(time.perf_counter()),
         on_epoch_end=lambda e, logs: times.append(time.perf_counter() - times.pop()))
-    model.fit(dataset, epochs=epochs, callbacks=[timer], verbose=0)
+    # repeat + steps_per_epoch: one iterator for the whole fit, as rps.train.train does.
+    model.fit(dataset.repeat(), steps_per_epoch=steps, epochs=epochs, callbacks=[timer], verbose=0)
     keras.mixed_precision.set_global_policy("float32")
     return steps * cfg.data.global_batch_size / float(np.median(times[1:] or times))
 

@@ -385,7 +385,13 @@ def train(cfg: Config, splits: Splits, run_dir: Path,
              if cluster.worker_info().multi_worker else None)
     resume = prepare_resume(run_dir, agree)
     start = time.perf_counter()
-    history = model.fit(train_ds, validation_data=val_ds, epochs=cfg.train.epochs,
+    # One iterator for the whole fit (repeat + steps_per_epoch), not a new one each epoch:
+    # destroying a tf.data iterator waits for its autotuning thread, whose sleep doubles up to
+    # a minute, and on 2 cores that left both idle for up to ~20 s at the start of each epoch
+    # (measured 2026-12-07; docs/experiments.md). Keras keeps the iterator across epochs when
+    # steps_per_epoch is given.
+    history = model.fit(train_ds.repeat(), steps_per_epoch=steps_per_epoch,
+                        validation_data=val_ds, epochs=cfg.train.epochs,
                         callbacks=make_callbacks(cfg, run_dir, splits,
                                                  best_val_loss=resume.best_val_loss)
                         + list(extra_callbacks),

@@ -278,10 +278,12 @@ class RpsHyperModel(keras_tuner.HyperModel):
         on the validation split. ``kwargs``: keras-tuner's ``epochs``, ``initial_epoch`` and
         ``callbacks``."""
         cfg = trial_config(self.tune_cfg, hp.values)
-        train_ds, val_ds, _ = make_fit_datasets(cfg, self.splits)
+        train_ds, val_ds, steps_per_epoch = make_fit_datasets(cfg, self.splits)
         kwargs.pop("verbose", None)  # search(verbose=0) is for keras-tuner's own display
         # No Keras bars: the tuning bar shows each epoch (text mode), or JSON lines do.
-        return model.fit(train_ds, validation_data=val_ds, verbose=0, **kwargs)
+        # repeat + steps_per_epoch: one iterator for the whole fit (see rps.train.train).
+        return model.fit(train_ds.repeat(), steps_per_epoch=steps_per_epoch,
+                         validation_data=val_ds, verbose=0, **kwargs)
 
 
 def _tuner_class(kind: str) -> type:
