@@ -14,6 +14,11 @@ with hue, blur and random erasing are this module's ``RandomAffine``,
 they draw their random parameters as the Keras layers do but touch each pixel fewer times, which
 cuts the cost of augmenting a batch to about a third (docs/experiments.md).
 ``augment.fused: false`` uses the Keras layers.
+
+Each of this module's layers splits into its random draws (``draw_params``) and its pixel
+arithmetic (``apply``, no random ops). ``make_augmenter`` makes the draws as TensorFlow ops and,
+under ``augment.jit_compile`` (the default), runs the arithmetic of consecutive layers as one
+function compiled by XLA, which fuses their passes over the pixels.
 """
 
 from __future__ import annotations
@@ -51,6 +56,8 @@ class TFOpsLayer(layers.Layer):
     Keras's own preprocessing layers switch to TensorFlow by themselves inside ``tf.data``."""
 
     seed: int | None = None
+    # apply() is arithmetic that XLA can compile (make_augmenter fuses such layers' arithmetic).
+    jit_compatible = True
 
     def op_seed(self, k: int) -> int | None:
         """The op seed of the layer's draw ``k``: ``seed * DRAWS_PER_LAYER + k`` (None when the
@@ -70,22 +77,83 @@ class TFOpsLayer(layers.Layer):
 
         return tf.random.uniform(shape, low, high, seed=self.op_seed(k))
 
+    def draw_params(self, shape) -> dict:
+        """The layer's random draws for one batch: a dict of tensors whose first axis is the
+        batch (``B``), so that ``apply`` is pure arithmetic that XLA can compile.
 
-def apply_to_some(images, chosen, transform):
-    """``transform`` applied to the images where ``chosen`` is true, the others unchanged.
+        Args:
+            shape: ``int32 [4]``, the batch's ``[B, H, W, C]``.
+        """
+        raise NotImplementedError
 
-    Only the chosen images are computed (gathered, transformed, scattered back), so an
-    augmentation applied to a share ``p`` of a batch costs about ``p`` of a full pass.
+    def apply(self, images, params: dict):
+        """The layer's pixel arithmetic given ``draw_params``' tensors: no random ops.
+        ``float32 [B, H, W, 3]`` in and out."""
+        raise NotImplementedError
+
+    def call(self, images, training=True):
+        import tensorflow as tf
+
+        if not training:
+            return images
+        return self.apply(images, self.draw_params(tf.shape(images)))
+
+
+def scatter_rows(chosen, rows, batch):
+    """``rows`` (one per chosen image, ``[N, ...]``) placed at the chosen images' positions of a
+    ``[B, ...]`` tensor of zeros: draws made for some images of a batch, laid out for whole-batch
+    arithmetic.
 
     Args:
-        images: ``float32 [B, H, W, C]``.
-        chosen: ``bool [B]``.
-        transform: ``float32 [N, H, W, C] -> float32 [N, H, W, C]`` (``N`` may be 0).
+        chosen: ``bool [B]``, ``N`` of them true.
+        rows: ``float32 [N, ...]``.
+        batch: ``B`` (int32 scalar).
     """
     import tensorflow as tf
 
-    index = tf.where(chosen)  # [N, 1]
-    return tf.tensor_scatter_nd_update(images, index, transform(tf.gather_nd(images, index)))
+    shape = tf.concat([[batch], tf.shape(rows)[1:]], axis=0)
+    scattered = tf.scatter_nd(tf.cast(tf.where(chosen), tf.int32), rows, shape)
+    return tf.ensure_shape(scattered, tf.TensorShape([None]).concatenate(rows.shape[1:]))
+
+
+def bilinear_weights(size_in: int, size_out):
+    """``float32 [size_out, size_in]``: row ``i`` holds the weights of the input samples in
+    output sample ``i`` of a bilinear resize with half-pixel centres, as ``tf.image.resize``
+    computes it (the sample at ``(i + 0.5) * size_in / size_out - 0.5``, clamped to the edges).
+    ``size_in`` is a Python int; ``size_out`` an int or an int32 scalar tensor."""
+    import tensorflow as tf
+
+    scale = size_in / tf.cast(size_out, tf.float32)
+    source = tf.clip_by_value((tf.range(size_out, dtype=tf.float32) + 0.5) * scale - 0.5,
+                              0.0, size_in - 1.0)
+    low = tf.floor(source)
+    frac = (source - low)[:, None]
+    grid = tf.range(size_in, dtype=tf.float32)[None, :]
+    high = tf.minimum(low + 1.0, size_in - 1.0)
+    return ((1.0 - frac) * tf.cast(grid == low[:, None], tf.float32)
+            + frac * tf.cast(grid == high[:, None], tf.float32))
+
+
+def resize_bilinear(small, height, width):
+    """Bilinear upscaling of a small ``float32 [B, h, w, C]`` grid (``h``, ``w`` static) to
+    ``[B, height, width, C]``, equal to ``tf.image.resize`` up to float rounding. It is written
+    as ``h + w`` broadcast multiply-adds (the resize is separable) so that XLA fuses it with
+    the arithmetic around it: XLA's own resize of the 4x4 background field cost about 30 ms a
+    batch of 64 at 128x128 pixels, more than the rest of the augmentation's arithmetic."""
+    import tensorflow as tf
+
+    h, w = small.shape[1], small.shape[2]
+    rows = bilinear_weights(h, height)  # [height, h]
+    columns = bilinear_weights(w, width)  # [width, w]
+    tall = sum(small[:, p:p + 1] * rows[None, :, p:p + 1, None] for p in range(h))  # [B, height, w, C]
+    return sum(tall[:, :, q:q + 1] * columns[None, None, :, q:q + 1] for q in range(w))
+
+
+def per_image(values):
+    """``[B]`` values reshaped to ``[B, 1, 1, 1]``, to scale or select ``[B, H, W, C]`` images."""
+    import tensorflow as tf
+
+    return tf.reshape(values, [-1, 1, 1, 1])
 
 
 class RandomBackground(TFOpsLayer):
@@ -106,24 +174,30 @@ class RandomBackground(TFOpsLayer):
         super().__init__(**kwargs)
         self.probability, self.threshold, self.seed = probability, threshold, seed
 
-    def call(self, images, training=True):
+    def draw_params(self, shape) -> dict:
+        """``chosen`` (``bool [B]``), and for the chosen images (zeros for the others) the base
+        colour ``base`` (``[B, 1, 1, 3]``), the coarse field ``field`` (``[B, 4, 4, 3]``) and
+        the grain ``grain`` (``[B, H, W, 1]``), all ``float32`` pixel levels."""
         import tensorflow as tf
 
-        if not training:
-            return images
+        batch, height, width = shape[0], shape[1], shape[2]
+        chosen = self.draw([batch], 0.0, 1.0, 3) < self.probability
+        count = tf.reduce_sum(tf.cast(chosen, tf.int32))
+        return {"chosen": chosen,
+                "base": scatter_rows(chosen, self.draw([count, 1, 1, 3], 0.0, 255.0, 0), batch),
+                "field": scatter_rows(chosen, self.draw([count, 4, 4, 3], -80.0, 80.0, 1), batch),
+                # grey grain: a third of the draws
+                "grain": scatter_rows(chosen, self.draw([count, height, width, 1], -12.0, 12.0, 2),
+                                      batch)}
 
-        def composite(chosen_images):
-            shape = tf.shape(chosen_images)
-            batch, height, width = shape[0], shape[1], shape[2]
-            base = self.draw([batch, 1, 1, 3], 0.0, 255.0, 0)
-            field = tf.image.resize(self.draw([batch, 4, 4, 3], -80.0, 80.0, 1), [height, width])
-            grain = self.draw([batch, height, width, 1], -12.0, 12.0, 2)  # grey grain: a third of the draws
-            background = tf.clip_by_value(base + field + grain, 0.0, 255.0)
-            is_background = tf.reduce_all(chosen_images > self.threshold, axis=-1, keepdims=True)
-            return tf.where(is_background, background, chosen_images)
+    def apply(self, images, params: dict):
+        import tensorflow as tf
 
-        chosen = self.draw([tf.shape(images)[0]], 0.0, 1.0, 3) < self.probability
-        return apply_to_some(images, chosen, composite)
+        shape = tf.shape(images)
+        field = resize_bilinear(params["field"], shape[1], shape[2])
+        background = tf.clip_by_value(params["base"] + field + params["grain"], 0.0, 255.0)
+        is_background = tf.reduce_all(images > self.threshold, axis=-1, keepdims=True)
+        return tf.where(is_background & per_image(params["chosen"]), background, images)
 
     def get_config(self):
         return {**super().get_config(), "probability": self.probability,
@@ -135,9 +209,9 @@ class RandomBlur(TFOpsLayer):
     Keras's ``RandomGaussianBlur(factor, sigma)``: each image is blurred when a uniform number
     falls below a probability drawn uniformly in ``[0, factor]`` (so about ``factor / 2`` of
     the images), with a standard deviation drawn uniformly in ``sigma`` (pixels; here one per
-    image, Keras draws one per batch). Only the chosen images are computed, and the separable
-    kernel is two 3-tap passes of elementwise arithmetic, about 5x cheaper than blurring the
-    whole batch with a convolution as the Keras layer does.
+    image, Keras draws one per batch). The separable kernel is two 3-tap passes of elementwise
+    arithmetic, which XLA fuses with the layers around it (``make_augmenter``), far cheaper
+    than blurring the whole batch with a convolution as the Keras layer does.
 
     Input and output: ``float32 [B, H, W, 3]`` pixels.
     """
@@ -147,28 +221,23 @@ class RandomBlur(TFOpsLayer):
         super().__init__(**kwargs)
         self.factor, self.sigma, self.seed = factor, tuple(sigma), seed
 
-    def call(self, images, training=True):
+    def draw_params(self, shape) -> dict:
+        """``chosen`` (``bool [B]``) and the standard deviation ``sigma`` (``float32 [B]``,
+        pixels)."""
+        batch = shape[0]
+        return {"chosen": self.draw([batch], 0.0, 1.0, 0) < self.draw([batch], 0.0, self.factor, 1),
+                "sigma": self.draw([batch], self.sigma[0], self.sigma[1], 2)}
+
+    def apply(self, images, params: dict):
         import tensorflow as tf
 
-        if not training:
-            return images
-        batch = tf.shape(images)[0]
-
-        chosen = self.draw([batch], 0.0, 1.0, 0) < self.draw([batch], 0.0, self.factor, 1)
-        sigma = self.draw([batch], self.sigma[0], self.sigma[1], 2)
-
-        def blur(chosen_images):
-            index = tf.where(chosen)[:, 0]
-            side = tf.exp(-0.5 / tf.square(tf.gather(sigma, index)))  # weight of each neighbour
-            side = tf.reshape(side, [-1, 1, 1, 1])
-            # Reflected edges by concatenation (tf.pad's REFLECT refuses an empty batch).
-            x = chosen_images
-            x = tf.concat([x[:, :, 1:2], x, x[:, :, -2:-1]], axis=2)
-            x = (x[:, :, 1:-1] + side * (x[:, :, :-2] + x[:, :, 2:])) / (1.0 + 2.0 * side)
-            x = tf.concat([x[:, 1:2], x, x[:, -2:-1]], axis=1)
-            return (x[:, 1:-1] + side * (x[:, :-2] + x[:, 2:])) / (1.0 + 2.0 * side)
-
-        return apply_to_some(images, chosen, blur)
+        side = per_image(tf.exp(-0.5 / tf.square(params["sigma"])))  # weight of each neighbour
+        # Reflected edges by concatenation.
+        x = tf.concat([images[:, :, 1:2], images, images[:, :, -2:-1]], axis=2)
+        x = (x[:, :, 1:-1] + side * (x[:, :, :-2] + x[:, :, 2:])) / (1.0 + 2.0 * side)
+        x = tf.concat([x[:, 1:2], x, x[:, -2:-1]], axis=1)
+        x = (x[:, 1:-1] + side * (x[:, :-2] + x[:, 2:])) / (1.0 + 2.0 * side)
+        return tf.where(per_image(params["chosen"]), x, images)
 
     def get_config(self):
         return {**super().get_config(), "factor": self.factor, "sigma": self.sigma, "seed": self.seed}
@@ -187,16 +256,18 @@ class RandomPixelNoise(TFOpsLayer):
         super().__init__(**kwargs)
         self.stddev, self.seed = stddev, seed
 
-    def call(self, images, training=True):
+    def draw_params(self, shape) -> dict:
+        """The standard deviation ``level`` (``float32 [B, 1, 1, 1]``, pixels) and the unit
+        noise ``unit`` (``float32 [B, H, W, 1]``, standard deviation 1)."""
         import tensorflow as tf
 
-        if not training:
-            return images
-        level = self.draw([tf.shape(images)[0], 1, 1, 1], 0.0, self.stddev, 0)
+        level = self.draw([shape[0], 1, 1, 1], 0.0, self.stddev, 0)
         # uniform in [-sqrt(3), sqrt(3)] has standard deviation 1
-        shape = tf.shape(images)
         unit = self.draw(tf.concat([shape[:-1], [1]], 0), -3.0 ** 0.5, 3.0 ** 0.5, 1)
-        return images + level * unit
+        return {"level": level, "unit": unit}
+
+    def apply(self, images, params: dict):
+        return images + params["level"] * params["unit"]
 
     def get_config(self):
         return {**super().get_config(), "stddev": self.stddev, "seed": self.seed}
@@ -208,9 +279,9 @@ class RandomErasing(TFOpsLayer):
     with ``probability``; in a chosen image, one rectangle whose width and height are
     ``sqrt(u)`` of the image's (``u`` uniform in ``scale``, drawn for each side), at a uniform
     position, becomes clipped Gaussian noise (``N(0, 1) x 255``, clipped to 0-255: about half
-    the pixels 0, the rest spread over 0-255). Only the chosen images are computed, and only
-    they draw noise: the Keras layer draws noise for every pixel of the batch and costs about as
-    much as all the other augmentations together.
+    the pixels 0, the rest spread over 0-255). Only the chosen images draw noise: the Keras
+    layer draws noise for every pixel of the batch and costs about as much as all the other
+    augmentations together.
 
     Input and output: ``float32 [B, H, W, 3]`` pixels 0-255.
     """
@@ -220,33 +291,39 @@ class RandomErasing(TFOpsLayer):
         super().__init__(**kwargs)
         self.probability, self.scale, self.seed = probability, tuple(scale), seed
 
-    def call(self, images, training=True):
+    def draw_params(self, shape) -> dict:
+        """``chosen`` (``bool [B]``), and for the chosen images (zeros for the others) the
+        rectangle's ``side`` and ``where`` (``float32 [B, 2]``, fractions; x then y) and the
+        clipped noise ``noise`` (``float32 [B, H, W, 3]``, pixel levels)."""
         import tensorflow as tf
 
-        if not training:
-            return images
+        batch = shape[0]
+        chosen = self.draw([batch], 0.0, 1.0, 0) < self.probability
+        count = tf.reduce_sum(tf.cast(chosen, tf.int32))
+        noise = tf.clip_by_value(
+            tf.random.normal(tf.concat([[count], shape[1:]], 0), seed=self.op_seed(3)) * 255.0,
+            0.0, 255.0)
+        return {"chosen": chosen,
+                "side": scatter_rows(chosen, tf.sqrt(self.draw([count, 2], self.scale[0],
+                                                               self.scale[1], 1)), batch),
+                "where": scatter_rows(chosen, self.draw([count, 2], 0.0, 1.0, 2), batch),
+                "noise": scatter_rows(chosen, noise, batch)}
 
-        def erase(chosen_images):
-            shape = tf.shape(chosen_images)
-            batch, height, width = shape[0], shape[1], shape[2]
-            side = tf.sqrt(self.draw([batch, 2], self.scale[0], self.scale[1], 1))  # [N, 2]
-            where = self.draw([batch, 2], 0.0, 1.0, 2)
-            sizes = tf.cast(tf.stack([width, height]), tf.float32)  # x, y
-            length = side * sizes
-            start = where * (sizes - length)
+    def apply(self, images, params: dict):
+        import tensorflow as tf
 
-            def inside(axis_size, k):  # bool [N, axis_size]: pixel index in [start, start + length)
-                grid = tf.range(axis_size, dtype=tf.float32)[None, :]
-                return (grid >= start[:, k:k + 1]) & (grid < start[:, k:k + 1] + length[:, k:k + 1])
+        shape = tf.shape(images)
+        height, width = shape[1], shape[2]
+        sizes = tf.cast(tf.stack([width, height]), tf.float32)  # x, y
+        length = params["side"] * sizes
+        start = params["where"] * (sizes - length)
 
-            mask = inside(height, 1)[:, :, None, None] & inside(width, 0)[:, None, :, None]
-            noise = tf.clip_by_value(
-                tf.random.normal(shape, seed=self.op_seed(3)) * 255.0,
-                0.0, 255.0)
-            return tf.where(mask, noise, chosen_images)
+        def inside(axis_size, k):  # bool [B, axis_size]: pixel index in [start, start + length)
+            grid = tf.range(axis_size, dtype=tf.float32)[None, :]
+            return (grid >= start[:, k:k + 1]) & (grid < start[:, k:k + 1] + length[:, k:k + 1])
 
-        chosen = self.draw([tf.shape(images)[0]], 0.0, 1.0, 0) < self.probability
-        return apply_to_some(images, chosen, erase)
+        mask = inside(height, 1)[:, :, None, None] & inside(width, 0)[:, None, :, None]
+        return tf.where(mask & per_image(params["chosen"]), params["noise"], images)
 
     def get_config(self):
         return {**super().get_config(), "probability": self.probability, "scale": self.scale,
@@ -320,16 +397,22 @@ class RandomAffine(TFOpsLayer):
         zeros = tf.zeros([batch])
         return tf.stack([a00, a01, b0, a10, a11, b1, zeros, zeros], axis=1)
 
-    def call(self, images, training=True):
+    # ImageProjectiveTransformV3 has no XLA kernel: make_augmenter runs it outside the
+    # compiled arithmetic (on the uint8 pixels, when it comes first).
+    jit_compatible = False
+
+    def draw_params(self, shape) -> dict:
+        """``transforms``: ``float32 [B, 8]``, see ``transforms``."""
+        return {"transforms": self.transforms(shape[0], shape[1], shape[2])}
+
+    def apply(self, images, params: dict):
+        """Resample ``images`` (``uint8`` or ``float32 [B, H, W, C]``; the output has their
+        dtype) by ``params["transforms"]``."""
         import tensorflow as tf
 
-        if not training:
-            return images
-        shape = tf.shape(images)
         return tf.raw_ops.ImageProjectiveTransformV3(
-            images=images, transforms=self.transforms(shape[0], shape[1], shape[2]),
-            output_shape=shape[1:3], fill_value=0.0, interpolation="BILINEAR",
-            fill_mode=self.fill_mode.upper())
+            images=images, transforms=params["transforms"], output_shape=tf.shape(images)[1:3],
+            fill_value=0.0, interpolation="BILINEAR", fill_mode=self.fill_mode.upper())
 
     def get_config(self):
         return {**super().get_config(), "horizontal_flip": self.horizontal_flip,
@@ -353,15 +436,17 @@ class RandomContrastBrightness(TFOpsLayer):
         super().__init__(**kwargs)
         self.contrast, self.brightness, self.seed = contrast, brightness, seed
 
-    def call(self, images, training=True):
+    def draw_params(self, shape) -> dict:
+        """The contrast ``factor`` and the brightness ``offset`` (pixel levels), both
+        ``float32 [B, 1, 1, 1]``."""
+        batch = shape[0]
+        return {"factor": self.draw([batch, 1, 1, 1], 1.0 - self.contrast, 1.0 + self.contrast, 0),
+                "offset": self.draw([batch, 1, 1, 1], -self.brightness, self.brightness, 1) * 255.0}
+
+    def apply(self, images, params: dict):
         import tensorflow as tf
 
-        if not training:
-            return images
-        batch = tf.shape(images)[0]
-
-        factor = self.draw([batch, 1, 1, 1], 1.0 - self.contrast, 1.0 + self.contrast, 0)
-        offset = self.draw([batch, 1, 1, 1], -self.brightness, self.brightness, 1) * 255.0
+        factor, offset = params["factor"], params["offset"]
         mean = tf.reduce_mean(images, axis=[1, 2], keepdims=True)
         # clip(clip((x - m) c + m, 0, 255) + b, 0, 255) == clip((x - m) c + m + b, lo, hi)
         return tf.clip_by_value(images * factor + (mean * (1.0 - factor) + offset),
@@ -393,21 +478,19 @@ class RandomSaturationHue(TFOpsLayer):
         super().__init__(**kwargs)
         self.saturation, self.hue, self.seed = saturation, hue, seed
 
-    def call(self, images, training=True):
+    def draw_params(self, shape) -> dict:
+        """The saturation ``factor`` (``float32 [B, 1, 1, 1]``, when ``saturation``) and the
+        hue ``rotation`` matrices (``float32 [B, 3, 3]``, output channel by input channel, when
+        ``hue``)."""
         import math
 
         import tensorflow as tf
 
-        if not training:
-            return images
-        batch = tf.shape(images)[0]
-
+        batch = shape[0]
+        params = {}
         if self.saturation:
             u = self.draw([batch], 0.0, self.saturation, 0)
-            factor = tf.reshape(u / (1.0 - u + 1e-7), [-1, 1, 1, 1])
-            # the channel maximum by slices: cheaper than reduce_max over a last axis of 3
-            brightest = tf.maximum(tf.maximum(images[..., 0:1], images[..., 1:2]), images[..., 2:3])
-            images = images * factor + brightest * (1.0 - factor)
+            params["factor"] = per_image(u / (1.0 - u + 1e-7))
         if self.hue:
             sign = tf.where(self.draw([batch], 0.0, 1.0, 1) > 0.5, -1.0, 1.0)
             angle = sign * self.draw([batch], 0.0, self.hue, 2) * 0.5 * 2.0 * math.pi
@@ -416,9 +499,24 @@ class RandomSaturationHue(TFOpsLayer):
                                     [-0.213, -0.715, 0.928]])
             sin_part = tf.constant([[-0.213, -0.715, 0.928], [0.143, 0.140, -0.283],
                                     [-0.787, 0.715, 0.072]])
-            rotation = (luma + tf.cos(angle)[:, None, None] * cos_part
-                        + tf.sin(angle)[:, None, None] * sin_part)  # [B, 3, 3]
-            images = tf.einsum("bhwk,bck->bhwc", images, rotation)
+            params["rotation"] = (luma + tf.cos(angle)[:, None, None] * cos_part
+                                  + tf.sin(angle)[:, None, None] * sin_part)
+        return params
+
+    def apply(self, images, params: dict):
+        import tensorflow as tf
+
+        if "factor" in params:
+            factor = params["factor"]
+            # the channel maximum by slices: cheaper than reduce_max over a last axis of 3
+            brightest = tf.maximum(tf.maximum(images[..., 0:1], images[..., 1:2]), images[..., 2:3])
+            images = images * factor + brightest * (1.0 - factor)
+        if "rotation" in params:
+            # Each output channel a weighted sum of the three input channels, written out
+            # (not an einsum) so that XLA fuses it with the passes around it.
+            weights = params["rotation"][:, None, None, :, :]  # [B, 1, 1, 3, 3]
+            images = tf.concat([sum(images[..., k:k + 1] * weights[..., c, k:k + 1] for k in range(3))
+                                for c in range(3)], axis=-1)
         return images  # may leave 0-255 slightly; the augmenter clips at the end
 
     def get_config(self):
@@ -517,21 +615,57 @@ def make_augmenter(aug_cfg: AugmentConfig, seed: int) -> Callable | None:
     ``float32`` of the same shape and range (values are clipped back to 0-255 at the end). Given
     ``uint8`` (the training pipeline's cached pixels), a leading ``RandomAffine`` resamples them
     before the cast to float32, which is cheaper.
+
+    With ``aug_cfg.jit_compile`` (the default), each run of consecutive ``TFOpsLayer``s whose
+    arithmetic XLA can compile (all but ``RandomAffine``) makes its random draws as usual
+    (``draw_params``: the same ops, op seeds and shapes as ``call``), then applies its
+    arithmetic, the cast to float32 and, when it comes last, the final clip, as one function
+    compiled by XLA (``tf.function(jit_compile=True)``,
+    https://www.tensorflow.org/xla/tutorials/jit_compile). XLA fuses the elementwise passes
+    over the batch into few loops, so the pixels cross memory fewer times; the numbers differ
+    from the uncompiled arithmetic only by float rounding (docs/experiments.md).
     """
     import tensorflow as tf
 
     aug_layers = make_augment_layers(aug_cfg, seed)
     if not aug_layers:
         return None
+    # Stages: (compiled, layers). Consecutive XLA-compatible layers share one compiled stage.
+    stages: list[tuple[bool, list]] = []
+    for layer in aug_layers:
+        fusable = aug_cfg.jit_compile and isinstance(layer, TFOpsLayer) and layer.jit_compatible
+        if fusable and stages and stages[-1][0]:
+            stages[-1][1].append(layer)
+        else:
+            stages.append((fusable, [layer]))
+
+    def compiled_arithmetic(group: list, clip: bool):
+        def arithmetic(images, params):
+            images = tf.cast(images, tf.float32)
+            for layer, layer_params in zip(group, params):
+                images = layer.apply(images, layer_params)
+            return tf.clip_by_value(images, 0.0, 255.0) if clip else images
+
+        return tf.function(arithmetic, jit_compile=True)
+
+    runs = [compiled_arithmetic(group, clip=i == len(stages) - 1) if compiled else None
+            for i, (compiled, group) in enumerate(stages)]
 
     def augment(images):
-        for i, layer in enumerate(aug_layers):
+        for i, ((compiled, group), run) in enumerate(zip(stages, runs)):
+            if compiled:
+                shape = tf.shape(images)
+                images = run(images, [layer.draw_params(shape) for layer in group])
+                continue
+            layer = group[0]
             if not (i == 0 and isinstance(layer, RandomAffine)):
                 images = tf.cast(images, tf.float32)  # a no-op once float32
             if isinstance(layer, TFOpsLayer):
                 images = layer.call(images, training=True)
             else:
                 images = layer(images, training=True)
+        if stages[-1][0]:
+            return images  # cast and clipped in the compiled stage
         return tf.clip_by_value(tf.cast(images, tf.float32), 0.0, 255.0)
 
     return augment

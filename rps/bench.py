@@ -402,6 +402,7 @@ SPEED_ABLATIONS = {
     "no augmentation": ["augment.enabled=false"],
     "augmentation inside the train step": ["@augment_in_model"],
     "augmentation as one Keras layer per transform (not fused)": ["augment.fused=false"],
+    "augmentation arithmetic not compiled by XLA": ["augment.jit_compile=false"],
     "150x150 input": ["data.image_size=150"],
     "seed_cnn architecture": ["model.name=seed_cnn"],
     "mixed_bfloat16": ["train.mixed_precision=mixed_bfloat16"],
@@ -450,7 +451,10 @@ def train_throughput(cfg, splits, augment_in_model: bool = False, epochs: int = 
 def augmentation_costs(cfg, splits, repeats: int = 5) -> dict:
     """Milliseconds to augment one training batch (``data.global_batch_size`` cached images),
     per layer and in all, with the fused layers and with one Keras layer per transform: the
-    augmenter alone in a ``tf.function``, fastest of ``repeats`` calls.
+    augmenter alone in a ``tf.function``, fastest of ``repeats`` calls. A fused layer is timed
+    as the pipeline runs it: its random draws, then (under ``augment.jit_compile``) its
+    arithmetic compiled by XLA; the pipeline also fuses consecutive layers, which only "all"
+    shows.
 
     Returns:
         ``{"fused": {layer name: ms, ..., "all": ms}, "keras": {...}}``.
@@ -479,8 +483,15 @@ def augmentation_costs(cfg, splits, repeats: int = 5) -> dict:
         aug_cfg = dataclasses.replace(cfg.augment, fused=fused)
         costs[label] = {}
         for layer in make_augment_layers(aug_cfg, cfg.seed):
-            call = layer.call if isinstance(layer, TFOpsLayer) else layer
-            costs[label][layer.name] = fastest(tf.function(lambda x, call=call: call(x, training=True)), images)
+            if isinstance(layer, TFOpsLayer) and layer.jit_compatible and aug_cfg.jit_compile:
+                arithmetic = tf.function(layer.apply, jit_compile=True)
+                call = lambda x, layer=layer, arithmetic=arithmetic: arithmetic(  # noqa: E731
+                    x, layer.draw_params(tf.shape(x)))
+            elif isinstance(layer, TFOpsLayer):
+                call = lambda x, layer=layer: layer.call(x, training=True)  # noqa: E731
+            else:
+                call = lambda x, layer=layer: layer(x, training=True)  # noqa: E731
+            costs[label][layer.name] = fastest(tf.function(call), images)
         augmenter = make_augmenter(aug_cfg, cfg.seed)
         costs[label]["all"] = fastest(tf.function(augmenter), pixels) if augmenter else 0.0
     return costs

@@ -121,10 +121,14 @@ class AugmentConfig:
             ImageNet setting); ``keras.layers.MixUp``.
         fused: the fast augmentation layers of ``rps.augment``: flip, rotation, zoom and
             translation as one affine resampling, contrast and brightness in one pass,
-            saturation and hue without an HSV round trip, blur and background computed only
-            for the images they change (the same distributions as the Keras layers, not the
-            same random streams; about 3x faster input pipeline). ``False``: one Keras layer
-            per transform.
+            saturation and hue without an HSV round trip (the same distributions as the Keras
+            layers, not the same random streams; about 3x faster input pipeline). ``False``:
+            one Keras layer per transform.
+        jit_compile: compile the arithmetic of the fused layers after the affine resampling
+            (background, colour, blur, noise, erasing) with XLA into one function, which
+            fuses their passes over the pixels; the random draws are made as without it, so the
+            images differ only by float rounding (docs/experiments.md). ``False``: one
+            TensorFlow op after another.
     """
 
     enabled: bool = True
@@ -145,6 +149,7 @@ class AugmentConfig:
     erasing: float = 0.0
     mixup: float = 0.0
     fused: bool = True
+    jit_compile: bool = True
 
 
 @dataclasses.dataclass(frozen=True)

@@ -310,3 +310,41 @@ def test_draw_index_beyond_the_layer_budget_is_refused():
 
     with pytest.raises(ValueError, match="draw index"):
         RandomBlur(0.2, seed=1).op_seed(DRAWS_PER_LAYER)
+
+
+def _white_backed_batch(batch=8, size=48):
+    """uint8 images like the renders: a dark square (the hand) on pure white."""
+    rng = np.random.default_rng(5)
+    images = np.full((batch, size, size, 3), 255, np.uint8)
+    images[:, size // 4:3 * size // 4, size // 4:3 * size // 4] = rng.integers(
+        40, 200, (batch, size // 2, size // 2, 3))
+    return tf.constant(images)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_xla_compiled_arithmetic_gives_the_images_of_the_uncompiled_ops(fused):
+    """augment.jit_compile only changes how the arithmetic runs: with the same seed, the
+    compiled and the uncompiled augmenter make the same draws, batch after batch, and their
+    images differ by float rounding only (docs/experiments.md)."""
+    cfg = build_config(overrides=[
+        "augment.brightness=0.2", "augment.background=0.5", "augment.saturation=0.3",
+        "augment.hue=0.1", "augment.blur=0.5", "augment.noise=5", "augment.erasing=0.25",
+        f"augment.fused={str(fused).lower()}"]).augment
+    x = _white_backed_batch()
+    outputs = {}
+    for jit in (True, False):
+        # In a tf.function each augmenter's random ops keep their own state.
+        augment = tf.function(make_augmenter(dataclasses.replace(cfg, jit_compile=jit), seed=7))
+        outputs[jit] = [augment(x).numpy() for _ in range(3)]
+    for compiled, plain in zip(outputs[True], outputs[False]):
+        assert np.abs(compiled - plain).max() < 0.01
+    assert not np.allclose(outputs[True][0], outputs[True][1])  # the draws move on
+
+
+def test_resize_bilinear_matches_tf_image_resize():
+    from rps.augment import resize_bilinear
+
+    small = tf.random.stateless_uniform([3, 4, 4, 3], seed=[1, 2], minval=-80, maxval=80)
+    for height, width in ((48, 48), (7, 3), (4, 4), (150, 96)):
+        np.testing.assert_allclose(resize_bilinear(small, height, width).numpy(),
+                                   tf.image.resize(small, [height, width]).numpy(), atol=1e-3)
