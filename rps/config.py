@@ -128,7 +128,8 @@ class AugmentConfig:
             (background, colour, blur, noise, erasing) with XLA into one function, which
             fuses their passes over the pixels; the random draws are made as without it, so the
             images differ only by float rounding (docs/experiments.md). ``False``: one
-            TensorFlow op after another.
+            TensorFlow op after another, on whole batches with masks: a fallback, about twice
+            as slow.
     """
 
     enabled: bool = True
