@@ -608,6 +608,45 @@ def make_augment_layers(aug_cfg: AugmentConfig, seed: int) -> list[layers.Layer]
     return [make(next(seeds)) for wanted, make in candidates if wanted]
 
 
+def compilable(layer: layers.Layer, aug_cfg: AugmentConfig) -> bool:
+    """Whether ``make_augmenter`` runs ``layer``'s arithmetic compiled by XLA: a ``TFOpsLayer``
+    whose ``apply`` XLA can compile, under ``augment.jit_compile``."""
+    return aug_cfg.jit_compile and isinstance(layer, TFOpsLayer) and layer.jit_compatible
+
+
+def make_stage(group: list, compiled: bool, clip: bool = False) -> Callable:
+    """A function that applies ``group`` to a batch, with training-time randomness.
+
+    Compiled: ``group`` is consecutive ``TFOpsLayer``s (``compilable``); their random draws
+    (``draw_params``) are made as TensorFlow ops, then the cast to float32, their ``apply`` in
+    order and, with ``clip``, the clip to 0-255 run as one ``tf.function(jit_compile=True)``.
+    Otherwise ``group`` is one layer, called as it is (``clip`` is not applied).
+
+    The function maps ``[B, H, W, C]`` pixels to ``[B, H, W, C]`` pixels (``float32`` when
+    compiled).
+    """
+    import tensorflow as tf
+
+    if compiled:
+        def arithmetic(images, params):
+            images = tf.cast(images, tf.float32)
+            for layer, layer_params in zip(group, params):
+                images = layer.apply(images, layer_params)
+            return tf.clip_by_value(images, 0.0, 255.0) if clip else images
+
+        arithmetic = tf.function(arithmetic, jit_compile=True)
+
+        def stage(images):
+            shape = tf.shape(images)
+            return arithmetic(images, [layer.draw_params(shape) for layer in group])
+
+        return stage
+    (layer,) = group
+    if isinstance(layer, TFOpsLayer):
+        return lambda images: layer.call(images, training=True)
+    return lambda images: layer(images, training=True)
+
+
 def make_augmenter(aug_cfg: AugmentConfig, seed: int) -> Callable | None:
     """A function applying the augmentation layers to a batch, or ``None`` when there are none.
 
@@ -633,37 +672,20 @@ def make_augmenter(aug_cfg: AugmentConfig, seed: int) -> Callable | None:
     # Stages: (compiled, layers). Consecutive XLA-compatible layers share one compiled stage.
     stages: list[tuple[bool, list]] = []
     for layer in aug_layers:
-        fusable = aug_cfg.jit_compile and isinstance(layer, TFOpsLayer) and layer.jit_compatible
-        if fusable and stages and stages[-1][0]:
+        compiled = compilable(layer, aug_cfg)
+        if compiled and stages and stages[-1][0]:
             stages[-1][1].append(layer)
         else:
-            stages.append((fusable, [layer]))
-
-    def compiled_arithmetic(group: list, clip: bool):
-        def arithmetic(images, params):
-            images = tf.cast(images, tf.float32)
-            for layer, layer_params in zip(group, params):
-                images = layer.apply(images, layer_params)
-            return tf.clip_by_value(images, 0.0, 255.0) if clip else images
-
-        return tf.function(arithmetic, jit_compile=True)
-
-    runs = [compiled_arithmetic(group, clip=i == len(stages) - 1) if compiled else None
+            stages.append((compiled, [layer]))
+    runs = [make_stage(group, compiled, clip=compiled and i == len(stages) - 1)
             for i, (compiled, group) in enumerate(stages)]
 
     def augment(images):
         for i, ((compiled, group), run) in enumerate(zip(stages, runs)):
-            if compiled:
-                shape = tf.shape(images)
-                images = run(images, [layer.draw_params(shape) for layer in group])
-                continue
-            layer = group[0]
-            if not (i == 0 and isinstance(layer, RandomAffine)):
+            # A compiled stage casts by itself; a leading RandomAffine resamples the uint8 pixels.
+            if not (compiled or (i == 0 and isinstance(group[0], RandomAffine))):
                 images = tf.cast(images, tf.float32)  # a no-op once float32
-            if isinstance(layer, TFOpsLayer):
-                images = layer.call(images, training=True)
-            else:
-                images = layer(images, training=True)
+            images = run(images)
         if stages[-1][0]:
             return images  # cast and clipped in the compiled stage
         return tf.clip_by_value(tf.cast(images, tf.float32), 0.0, 255.0)

@@ -463,7 +463,7 @@ def augmentation_costs(cfg, splits, repeats: int = 5) -> dict:
 
     import tensorflow as tf
 
-    from rps.augment import TFOpsLayer, make_augment_layers, make_augmenter
+    from rps.augment import compilable, make_augment_layers, make_augmenter, make_stage
     from rps.data import make_train_dataset
 
     images, _ = next(iter(make_train_dataset(splits.train, cfg)))  # float32, not augmented
@@ -483,15 +483,8 @@ def augmentation_costs(cfg, splits, repeats: int = 5) -> dict:
         aug_cfg = dataclasses.replace(cfg.augment, fused=fused)
         costs[label] = {}
         for layer in make_augment_layers(aug_cfg, cfg.seed):
-            if isinstance(layer, TFOpsLayer) and layer.jit_compatible and aug_cfg.jit_compile:
-                arithmetic = tf.function(layer.apply, jit_compile=True)
-                call = lambda x, layer=layer, arithmetic=arithmetic: arithmetic(  # noqa: E731
-                    x, layer.draw_params(tf.shape(x)))
-            elif isinstance(layer, TFOpsLayer):
-                call = lambda x, layer=layer: layer.call(x, training=True)  # noqa: E731
-            else:
-                call = lambda x, layer=layer: layer(x, training=True)  # noqa: E731
-            costs[label][layer.name] = fastest(tf.function(call), images)
+            stage = make_stage([layer], compilable(layer, aug_cfg))
+            costs[label][layer.name] = fastest(tf.function(stage), images)
         augmenter = make_augmenter(aug_cfg, cfg.seed)
         costs[label]["all"] = fastest(tf.function(augmenter), pixels) if augmenter else 0.0
     return costs
