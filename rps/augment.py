@@ -1,7 +1,8 @@
 """Random augmentation of training batches: Keras preprocessing layers and faster equivalents.
 
 Usage: ``augment = make_augmenter(cfg.augment, seed=cfg.seed)``; then
-``dataset.map(lambda x, y: (augment(x), y))``.
+``dataset.map(lambda x, y, key: (augment(x, key), y))`` with a random key per batch
+(``rps.data.make_train_dataset`` does this).
 
 Augmentation runs only in the training input pipeline, never inside the model, so the exported
 SavedModel and TFLite graphs contain no random ops. Layers are called one by one (not wrapped in
@@ -16,7 +17,9 @@ cuts the cost of augmenting a batch to about a third (docs/experiments.md).
 ``augment.fused: false`` uses the Keras layers.
 
 Each of this module's layers splits into its random draws (``draw_params``) and its pixel
-arithmetic (``apply``, no random ops). ``make_augmenter`` makes the draws as TensorFlow ops and,
+arithmetic (``apply``, no random ops). The draws are stateless, a function of the layer's seed
+and of a key that comes with each batch, so the parallel ``tf.data`` map augments a batch the
+same way whichever thread runs it. ``make_augmenter`` makes the draws as TensorFlow ops and,
 under ``augment.jit_compile`` (the default), runs the arithmetic of consecutive layers as one
 function compiled by XLA, which fuses their passes over the pixels.
 """
@@ -70,19 +73,32 @@ class TFOpsLayer(layers.Layer):
             raise ValueError(f"{self.name}: draw index {k} outside [0, {DRAWS_PER_LAYER})")
         return None if self.seed is None else self.seed * DRAWS_PER_LAYER + k
 
-    def draw(self, shape, low, high, k: int = 0):
-        """``float32`` uniform numbers in ``[low, high)`` of ``shape``: the layer's ``k``-th draw,
-        with op seed ``op_seed(k)``."""
+    def draw_seed(self, key, k: int):
+        """The stateless seed (``int64 [2]``) of the layer's draw ``k`` for the batch whose key
+        is ``key`` (``int64 [2]``): ``key`` with ``op_seed(k)`` (``k`` when unseeded) folded in
+        (``tf.random.experimental.stateless_fold_in``), so that no two draws share numbers."""
         import tensorflow as tf
 
-        return tf.random.uniform(shape, low, high, seed=self.op_seed(k))
+        op_seed = self.op_seed(k)
+        return tf.random.experimental.stateless_fold_in(
+            tf.cast(key, tf.int64), k if op_seed is None else op_seed)
 
-    def draw_params(self, shape) -> dict:
+    def draw(self, key, shape, low, high, k: int = 0):
+        """``float32`` uniform numbers in ``[low, high)`` of ``shape``: the layer's ``k``-th draw
+        for the batch whose key is ``key`` (``tf.random.stateless_uniform``, seed
+        ``draw_seed(key, k)``). The same key gives the same numbers, in any thread order."""
+        import tensorflow as tf
+
+        return tf.random.stateless_uniform(shape, self.draw_seed(key, k), low, high)
+
+    def draw_params(self, shape, key) -> dict:
         """The layer's random draws for one batch: a dict of tensors whose first axis is the
-        batch (``B``), so that ``apply`` is pure arithmetic that XLA can compile.
+        batch (``B``), so that ``apply`` is pure arithmetic that XLA can compile. Stateless:
+        a function of ``key`` and the layer's seed only.
 
         Args:
             shape: ``int32 [4]``, the batch's ``[B, H, W, C]``.
+            key: ``int64 [2]``, the batch's random key (``make_augmenter``).
         """
         raise NotImplementedError
 
@@ -96,7 +112,16 @@ class TFOpsLayer(layers.Layer):
 
         if not training:
             return images
-        return self.apply(images, self.draw_params(tf.shape(images)))
+        return self.apply(images, self.draw_params(tf.shape(images), stateful_key(self.op_seed(0))))
+
+
+def stateful_key(op_seed: int | None = None):
+    """A fresh batch key, ``int64 [2]``, from a stateful random op with op seed ``op_seed``:
+    for augmenting outside the training pipeline (previews, a layer called on its own), where
+    no key comes with the batch. Each call gives a new key; which one depends on call order."""
+    import tensorflow as tf
+
+    return tf.random.uniform([2], 0, 2 ** 62, tf.int64, seed=op_seed)
 
 
 def scatter_rows(chosen, rows, batch):
@@ -174,20 +199,20 @@ class RandomBackground(TFOpsLayer):
         super().__init__(**kwargs)
         self.probability, self.threshold, self.seed = probability, threshold, seed
 
-    def draw_params(self, shape) -> dict:
+    def draw_params(self, shape, key) -> dict:
         """``chosen`` (``bool [B]``), and for the chosen images (zeros for the others) the base
         colour ``base`` (``[B, 1, 1, 3]``), the coarse field ``field`` (``[B, 4, 4, 3]``) and
         the grain ``grain`` (``[B, H, W, 1]``), all ``float32`` pixel levels."""
         import tensorflow as tf
 
         batch, height, width = shape[0], shape[1], shape[2]
-        chosen = self.draw([batch], 0.0, 1.0, 3) < self.probability
+        chosen = self.draw(key, [batch], 0.0, 1.0, 3) < self.probability
         count = tf.reduce_sum(tf.cast(chosen, tf.int32))
         return {"chosen": chosen,
-                "base": scatter_rows(chosen, self.draw([count, 1, 1, 3], 0.0, 255.0, 0), batch),
-                "field": scatter_rows(chosen, self.draw([count, 4, 4, 3], -80.0, 80.0, 1), batch),
+                "base": scatter_rows(chosen, self.draw(key, [count, 1, 1, 3], 0.0, 255.0, 0), batch),
+                "field": scatter_rows(chosen, self.draw(key, [count, 4, 4, 3], -80.0, 80.0, 1), batch),
                 # grey grain: a third of the draws
-                "grain": scatter_rows(chosen, self.draw([count, height, width, 1], -12.0, 12.0, 2),
+                "grain": scatter_rows(chosen, self.draw(key, [count, height, width, 1], -12.0, 12.0, 2),
                                       batch)}
 
     def apply(self, images, params: dict):
@@ -221,12 +246,12 @@ class RandomBlur(TFOpsLayer):
         super().__init__(**kwargs)
         self.factor, self.sigma, self.seed = factor, tuple(sigma), seed
 
-    def draw_params(self, shape) -> dict:
+    def draw_params(self, shape, key) -> dict:
         """``chosen`` (``bool [B]``) and the standard deviation ``sigma`` (``float32 [B]``,
         pixels)."""
         batch = shape[0]
-        return {"chosen": self.draw([batch], 0.0, 1.0, 0) < self.draw([batch], 0.0, self.factor, 1),
-                "sigma": self.draw([batch], self.sigma[0], self.sigma[1], 2)}
+        return {"chosen": self.draw(key, [batch], 0.0, 1.0, 0) < self.draw(key, [batch], 0.0, self.factor, 1),
+                "sigma": self.draw(key, [batch], self.sigma[0], self.sigma[1], 2)}
 
     def apply(self, images, params: dict):
         import tensorflow as tf
@@ -256,14 +281,14 @@ class RandomPixelNoise(TFOpsLayer):
         super().__init__(**kwargs)
         self.stddev, self.seed = stddev, seed
 
-    def draw_params(self, shape) -> dict:
+    def draw_params(self, shape, key) -> dict:
         """The standard deviation ``level`` (``float32 [B, 1, 1, 1]``, pixels) and the unit
         noise ``unit`` (``float32 [B, H, W, 1]``, standard deviation 1)."""
         import tensorflow as tf
 
-        level = self.draw([shape[0], 1, 1, 1], 0.0, self.stddev, 0)
+        level = self.draw(key, [shape[0], 1, 1, 1], 0.0, self.stddev, 0)
         # uniform in [-sqrt(3), sqrt(3)] has standard deviation 1
-        unit = self.draw(tf.concat([shape[:-1], [1]], 0), -3.0 ** 0.5, 3.0 ** 0.5, 1)
+        unit = self.draw(key, tf.concat([shape[:-1], [1]], 0), -3.0 ** 0.5, 3.0 ** 0.5, 1)
         return {"level": level, "unit": unit}
 
     def apply(self, images, params: dict):
@@ -291,22 +316,23 @@ class RandomErasing(TFOpsLayer):
         super().__init__(**kwargs)
         self.probability, self.scale, self.seed = probability, tuple(scale), seed
 
-    def draw_params(self, shape) -> dict:
+    def draw_params(self, shape, key) -> dict:
         """``chosen`` (``bool [B]``), and for the chosen images (zeros for the others) the
         rectangle's ``side`` and ``where`` (``float32 [B, 2]``, fractions; x then y) and the
         clipped noise ``noise`` (``float32 [B, H, W, 3]``, pixel levels)."""
         import tensorflow as tf
 
         batch = shape[0]
-        chosen = self.draw([batch], 0.0, 1.0, 0) < self.probability
+        chosen = self.draw(key, [batch], 0.0, 1.0, 0) < self.probability
         count = tf.reduce_sum(tf.cast(chosen, tf.int32))
         noise = tf.clip_by_value(
-            tf.random.normal(tf.concat([[count], shape[1:]], 0), seed=self.op_seed(3)) * 255.0,
+            tf.random.stateless_normal(tf.concat([[count], shape[1:]], 0),
+                                       self.draw_seed(key, 3)) * 255.0,
             0.0, 255.0)
         return {"chosen": chosen,
-                "side": scatter_rows(chosen, tf.sqrt(self.draw([count, 2], self.scale[0],
+                "side": scatter_rows(chosen, tf.sqrt(self.draw(key, [count, 2], self.scale[0],
                                                                self.scale[1], 1)), batch),
-                "where": scatter_rows(chosen, self.draw([count, 2], 0.0, 1.0, 2), batch),
+                "where": scatter_rows(chosen, self.draw(key, [count, 2], 0.0, 1.0, 2), batch),
                 "noise": scatter_rows(chosen, noise, batch)}
 
     def apply(self, images, params: dict):
@@ -367,15 +393,15 @@ class RandomAffine(TFOpsLayer):
         self.zoom = tuple(zoom)
         self.width_zoom = None if width_zoom is None else tuple(width_zoom)
 
-    def transforms(self, batch, height, width):
+    def transforms(self, key, batch, height, width):
         """The ``[batch, 8]`` float32 projective transforms (output pixel -> input pixel) of
-        one random draw, in the layout of ``ImageProjectiveTransformV3``."""
+        the draws for the batch key ``key`` (``int64 [2]``), in the layout of ``ImageProjectiveTransformV3``."""
         import math
 
         import tensorflow as tf
 
         def uniform(k, low, high):
-            return self.draw([batch], low, high, k)
+            return self.draw(key, [batch], low, high, k)
 
         w, h = tf.cast(width, tf.float32), tf.cast(height, tf.float32)
         cx, cy = (w - 1.0) / 2.0, (h - 1.0) / 2.0
@@ -401,9 +427,9 @@ class RandomAffine(TFOpsLayer):
     # compiled arithmetic (on the uint8 pixels, when it comes first).
     jit_compatible = False
 
-    def draw_params(self, shape) -> dict:
+    def draw_params(self, shape, key) -> dict:
         """``transforms``: ``float32 [B, 8]``, see ``transforms``."""
-        return {"transforms": self.transforms(shape[0], shape[1], shape[2])}
+        return {"transforms": self.transforms(key, shape[0], shape[1], shape[2])}
 
     def apply(self, images, params: dict):
         """Resample ``images`` (``uint8`` or ``float32 [B, H, W, C]``; the output has their
@@ -436,12 +462,12 @@ class RandomContrastBrightness(TFOpsLayer):
         super().__init__(**kwargs)
         self.contrast, self.brightness, self.seed = contrast, brightness, seed
 
-    def draw_params(self, shape) -> dict:
+    def draw_params(self, shape, key) -> dict:
         """The contrast ``factor`` and the brightness ``offset`` (pixel levels), both
         ``float32 [B, 1, 1, 1]``."""
         batch = shape[0]
-        return {"factor": self.draw([batch, 1, 1, 1], 1.0 - self.contrast, 1.0 + self.contrast, 0),
-                "offset": self.draw([batch, 1, 1, 1], -self.brightness, self.brightness, 1) * 255.0}
+        return {"factor": self.draw(key, [batch, 1, 1, 1], 1.0 - self.contrast, 1.0 + self.contrast, 0),
+                "offset": self.draw(key, [batch, 1, 1, 1], -self.brightness, self.brightness, 1) * 255.0}
 
     def apply(self, images, params: dict):
         import tensorflow as tf
@@ -478,7 +504,7 @@ class RandomSaturationHue(TFOpsLayer):
         super().__init__(**kwargs)
         self.saturation, self.hue, self.seed = saturation, hue, seed
 
-    def draw_params(self, shape) -> dict:
+    def draw_params(self, shape, key) -> dict:
         """The saturation ``factor`` (``float32 [B, 1, 1, 1]``, when ``saturation``) and the
         hue ``rotation`` matrices (``float32 [B, 3, 3]``, output channel by input channel, when
         ``hue``)."""
@@ -489,11 +515,11 @@ class RandomSaturationHue(TFOpsLayer):
         batch = shape[0]
         params = {}
         if self.saturation:
-            u = self.draw([batch], 0.0, self.saturation, 0)
+            u = self.draw(key, [batch], 0.0, self.saturation, 0)
             params["factor"] = per_image(u / (1.0 - u + 1e-7))
         if self.hue:
-            sign = tf.where(self.draw([batch], 0.0, 1.0, 1) > 0.5, -1.0, 1.0)
-            angle = sign * self.draw([batch], 0.0, self.hue, 2) * 0.5 * 2.0 * math.pi
+            sign = tf.where(self.draw(key, [batch], 0.0, 1.0, 1) > 0.5, -1.0, 1.0)
+            angle = sign * self.draw(key, [batch], 0.0, self.hue, 2) * 0.5 * 2.0 * math.pi
             luma = tf.constant([[0.213, 0.715, 0.072]] * 3)
             cos_part = tf.constant([[0.787, -0.715, -0.072], [-0.213, 0.285, -0.072],
                                     [-0.213, -0.715, 0.928]])
@@ -615,12 +641,18 @@ def compilable(layer: layers.Layer, aug_cfg: AugmentConfig) -> bool:
 
 
 def make_stage(group: list, compiled: bool, clip: bool = False) -> Callable:
-    """A function that applies ``group`` to a batch, with training-time randomness.
+    """A function ``stage(images, key=None)`` that applies ``group`` to a batch, with
+    training-time randomness.
+
+    ``key`` (``int64 [2]``) is the batch's random key: a ``TFOpsLayer``'s draws are a function
+    of it and of the layer's seed (``TFOpsLayer.draw_params``). ``None`` draws a fresh key from
+    a stateful op (``stateful_key``). Keras layers (``augment.fused: false``) ignore it and draw
+    from their own stateful seed generators: Keras 3 random ops take no tensor seeds.
 
     Compiled: ``group`` is consecutive ``TFOpsLayer``s (``compilable``); their random draws
     (``draw_params``) are made as TensorFlow ops, then the cast to float32, their ``apply`` in
     order and, with ``clip``, the clip to 0-255 run as one ``tf.function(jit_compile=True)``.
-    Otherwise ``group`` is one layer, called as it is (``clip`` is not applied).
+    Otherwise ``group`` is one layer (``clip`` is not applied).
 
     The function maps ``[B, H, W, C]`` pixels to ``[B, H, W, C]`` pixels (``float32`` when
     compiled).
@@ -636,30 +668,43 @@ def make_stage(group: list, compiled: bool, clip: bool = False) -> Callable:
 
         arithmetic = tf.function(arithmetic, jit_compile=True)
 
-        def stage(images):
+        def stage(images, key=None):
+            key = stateful_key(group[0].op_seed(0)) if key is None else key
             shape = tf.shape(images)
-            return arithmetic(images, [layer.draw_params(shape) for layer in group])
+            return arithmetic(images, [layer.draw_params(shape, key) for layer in group])
 
         return stage
     (layer,) = group
     if isinstance(layer, TFOpsLayer):
-        return lambda images: layer.call(images, training=True)
-    return lambda images: layer(images, training=True)
+        def stage(images, key=None):
+            key = stateful_key(layer.op_seed(0)) if key is None else key
+            return layer.apply(images, layer.draw_params(tf.shape(images), key))
+
+        return stage
+    return lambda images, key=None: layer(images, training=True)
 
 
 def make_augmenter(aug_cfg: AugmentConfig, seed: int) -> Callable | None:
-    """A function applying the augmentation layers to a batch, or ``None`` when there are none.
+    """A function ``augment(images, key=None)`` applying the augmentation layers to a batch, or
+    ``None`` when there are none.
 
     The returned function maps ``uint8`` or ``float32 [B, H, W, 3]`` pixels in 0-255 to
     ``float32`` of the same shape and range (values are clipped back to 0-255 at the end). Given
     ``uint8`` (the training pipeline's cached pixels), a leading ``RandomAffine`` resamples them
     before the cast to float32, which is cheaper.
 
+    ``key`` (``int64 [2]``) is the batch's random key. The fused layers' random draws are a
+    function of the key and of ``seed`` only (stateless ops, ``TFOpsLayer.draw``), so a batch
+    gets the same augmentation whichever thread of the parallel ``tf.data`` map runs it:
+    ``rps.data.make_train_dataset`` zips a key stream drawn from the config's seed with the
+    batches. ``None`` draws a fresh key from a stateful op, for augmenting outside the training
+    pipeline (previews). The Keras layers of ``augment.fused: false`` ignore the key
+    (``make_stage``).
+
     With ``aug_cfg.jit_compile`` (the default), each run of consecutive ``TFOpsLayer``s whose
-    arithmetic XLA can compile (all but ``RandomAffine``) makes its random draws as usual
-    (``draw_params``: the same ops, op seeds and shapes as ``call``), then applies its
-    arithmetic, the cast to float32 and, when it comes last, the final clip, as one function
-    compiled by XLA (``tf.function(jit_compile=True)``,
+    arithmetic XLA can compile (all but ``RandomAffine``) makes its random draws
+    (``draw_params``), then applies its arithmetic, the cast to float32 and, when it comes
+    last, the final clip, as one function compiled by XLA (``tf.function(jit_compile=True)``,
     https://www.tensorflow.org/xla/tutorials/jit_compile). XLA fuses the elementwise passes
     over the batch into few loops, so the pixels cross memory fewer times; the numbers differ
     from the uncompiled arithmetic only by float rounding (docs/experiments.md).
@@ -679,13 +724,16 @@ def make_augmenter(aug_cfg: AugmentConfig, seed: int) -> Callable | None:
             stages.append((compiled, [layer]))
     runs = [make_stage(group, compiled, clip=compiled and i == len(stages) - 1)
             for i, (compiled, group) in enumerate(stages)]
+    # After the layers' op seeds (seed * DRAWS_PER_LAYER ... (seed + NUM_LAYER_SEEDS) * DRAWS_PER_LAYER - 1).
+    key_op_seed = (seed + NUM_LAYER_SEEDS + 1) * DRAWS_PER_LAYER
 
-    def augment(images):
+    def augment(images, key=None):
+        key = stateful_key(key_op_seed) if key is None else key
         for i, ((compiled, group), run) in enumerate(zip(stages, runs)):
             # A compiled stage casts by itself; a leading RandomAffine resamples the uint8 pixels.
             if not (compiled or (i == 0 and isinstance(group[0], RandomAffine))):
                 images = tf.cast(images, tf.float32)  # a no-op once float32
-            images = run(images)
+            images = run(images, key)
         if stages[-1][0]:
             return images  # cast and clipped in the compiled stage
         return tf.clip_by_value(tf.cast(images, tf.float32), 0.0, 255.0)

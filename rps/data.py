@@ -483,8 +483,9 @@ def make_train_dataset(split: ImageSplit, cfg: Config, augment_fn=None) -> tf.da
     Args:
         split: training files.
         cfg: run config (``data.image_size``, ``data.global_batch_size``, ``data.cache``, ``seed``).
-        augment_fn: function on a batch, ``uint8 [B, S, S, 3] -> float32 [B, S, S, 3]`` in
-            0-255 (``rps.augment.make_augmenter``), or ``None``.
+        augment_fn: ``augment_fn(images, key)`` on a batch, ``uint8 [B, S, S, 3] -> float32
+            [B, S, S, 3]`` in 0-255, with ``key`` the batch's random key (``int64 [2]``)
+            (``rps.augment.make_augmenter``), or ``None``.
 
     Returns:
         Dataset of ``(float32 [B, S, S, 3] pixels 0-255, int32 [B] labels)`` with
@@ -501,8 +502,13 @@ def make_train_dataset(split: ImageSplit, cfg: Config, augment_fn=None) -> tf.da
         ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=AUTOTUNE)
     else:
         # Augmenting whole batches is far cheaper than per image (one op launch per batch); the
-        # augmenter takes the uint8 pixels and returns float32.
-        ds = ds.map(lambda x, y: (augment_fn(x), y), num_parallel_calls=AUTOTUNE)
+        # augmenter takes the uint8 pixels and returns float32. Each batch comes with its own
+        # random key, drawn from the seed and new in each epoch (like the shuffle): the
+        # augmentation's draws are a function of the key, so the parallel map gives the same
+        # batches whichever thread augments which batch.
+        keys = tf.data.Dataset.random(seed=cfg.seed, rerandomize_each_iteration=True).batch(2)
+        ds = tf.data.Dataset.zip(ds, keys).map(
+            lambda batch, key: (augment_fn(batch[0], key), batch[1]), num_parallel_calls=AUTOTUNE)
     return ds.prefetch(AUTOTUNE)  # overlap input work with the train step
 
 

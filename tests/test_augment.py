@@ -25,6 +25,24 @@ def test_augmenter_changes_pixels_but_not_shape_or_range():
     assert not np.allclose(x.numpy(), y.numpy())
 
 
+def test_the_batch_key_alone_decides_the_fused_augmentation():
+    """The fused layers draw with stateless ops from the batch's key: the same key gives the
+    same images whatever was augmented in between (as in the parallel tf.data map, where
+    threads take batches in any order), another key or another seed gives other images."""
+    cfg = build_config(overrides=["augment.background=0.5", "augment.blur=0.2", "augment.noise=5",
+                                  "augment.erasing=0.25"]).augment
+    x = tf.cast(_batch(), tf.uint8)
+    k1, k2 = tf.constant([1, 2], tf.int64), tf.constant([3, 4], tf.int64)
+    augment = make_augmenter(cfg, seed=1)
+    first = augment(x, k1).numpy()
+    other = augment(x, k2).numpy()
+    augment(x)  # a stateful key in between changes nothing either
+    np.testing.assert_array_equal(augment(x, k1).numpy(), first)
+    np.testing.assert_array_equal(make_augmenter(cfg, seed=1)(x, k1).numpy(), first)
+    assert np.abs(other - first).max() > 50
+    assert np.abs(make_augmenter(cfg, seed=2)(x, k1).numpy() - first).max() > 50
+
+
 def test_all_requested_layers_are_built():
     cfg = build_config(overrides=[
         "augment.brightness=0.2", "augment.vertical_flip=true", "augment.background=0.5",
@@ -50,7 +68,7 @@ def test_random_affine_identity_and_flips():
     from rps.augment import RandomAffine
 
     x = _batch()
-    identity = RandomAffine().transforms(4, 32, 32).numpy()
+    identity = RandomAffine().transforms(tf.constant([1, 2], tf.int64), 4, 32, 32).numpy()
     np.testing.assert_allclose(identity, np.tile([1, 0, 0, 0, 1, 0, 0, 0], (4, 1)), atol=1e-6)
     np.testing.assert_allclose(RandomAffine()(x).numpy(), x.numpy(), atol=1e-3)
     images = tf.constant(np.random.default_rng(1).uniform(0, 255, (64, 8, 8, 3)), tf.float32)
@@ -81,7 +99,8 @@ def test_random_affine_draws_stay_in_their_ranges():
     centre = (size - 1) / 2
 
     def matrices(**kwargs):
-        t = RandomAffine(seed=3, **kwargs).transforms(n, int(size), int(size)).numpy()
+        t = RandomAffine(seed=3, **kwargs).transforms(tf.constant([1, 2], tf.int64), n, int(size),
+                                                      int(size)).numpy()
         return t[:, [0, 1, 3, 4]].reshape(n, 2, 2), t[:, [2, 5]]
 
     a, _ = matrices(rotation=0.1)  # +/- 36 degrees, pure rotation about the centre
@@ -291,13 +310,8 @@ def test_no_two_draws_of_the_augmentation_layers_are_the_same_stream():
     seeds = [ops_layers[i].op_seed(k) for i, k in keys]
     assert len(set(seeds)) == len(seeds)
 
-    tf.random.set_seed(42)
-
-    @tf.function
-    def draws():  # as in the tf.data pipeline: all draws traced into one graph
-        return tf.stack([ops_layers[i].draw([512], 0.0, 1.0, k) for i, k in keys])
-
-    values = draws().numpy()
+    key = tf.constant([42, 7], tf.int64)  # one batch's key, shared by all layers as in the pipeline
+    values = tf.stack([ops_layers[i].draw(key, [512], 0.0, 1.0, k) for i, k in keys]).numpy()
     correlation = np.corrcoef(values)
     np.fill_diagonal(correlation, 0.0)
     worst = np.unravel_index(np.abs(correlation).argmax(), correlation.shape)

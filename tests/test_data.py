@@ -146,6 +146,28 @@ def test_train_pipeline_drops_remainder_and_shuffles_by_seed(tiny_root):
     assert first == again
 
 
+def test_augmented_train_pipeline_repeats_itself_for_a_seed(tiny_root):
+    """The parallel map augments batches in any thread order; the batches still depend on the
+    seed only: two pipelines give the same two epochs, the epochs differ, and another seed
+    gives other batches."""
+    from rps.augment import make_augmenter
+
+    def two_epochs(seed):
+        cfg = _cfg(tiny_root, "data.validation_fraction=0.25", "data.global_batch_size=2",
+                   f"seed={seed}", "augment.background=0.5", "augment.noise=5")
+        splits = load_splits(cfg.data, seed=0)
+        dataset = make_train_dataset(splits.train, cfg, make_augmenter(cfg.augment, cfg.seed))
+        return [np.concatenate([x.numpy().ravel(), y.numpy()]) for x, y in dataset.repeat(2)]
+
+    first, again = two_epochs(0), two_epochs(0)
+    assert len(first) == 18  # 18 images in batches of 2, twice
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a, b)
+    epoch = len(first) // 2
+    assert all(not np.array_equal(a, b) for a, b in zip(first[:epoch], first[epoch:]))
+    assert all(not np.array_equal(a, b) for a, b in zip(first, two_epochs(1)))
+
+
 def test_group_split_never_splits_a_group():
     from rps.data import group_keys
 
