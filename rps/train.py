@@ -45,8 +45,35 @@ class TrainResult:
     num_replicas: int
 
 
+def make_deterministic() -> None:
+    """Make this process's training steps repeat bit for bit (``train.deterministic``): op
+    determinism (``tf.config.experimental.enable_op_determinism``,
+    https://www.tensorflow.org/api_docs/python/tf/config/experimental/enable_op_determinism)
+    and one inter-op thread, so that the ops of a step run one at a time.
+
+    Op determinism alone was not enough on this CPU: two trainings of the default model on the
+    same batches drifted apart in the stem convolution's kernel within 2 to 6 steps, in one
+    process and across processes, with oneDNN on or off and with one intra-op thread. With one
+    inter-op thread, 20 steps were identical (docs/reliability.md). Some ops of a step that run
+    concurrently race, as in https://github.com/tensorflow/tensorflow/issues/28215. It costs
+    about a sixth of the training rate on 2 cores (0.83x).
+
+    Raises:
+        RuntimeError: TensorFlow had already started its thread pools in this process with more
+            than one inter-op thread (start a fresh process).
+    """
+    tf.config.experimental.enable_op_determinism()
+    if tf.config.threading.get_inter_op_parallelism_threads() != 1:
+        try:
+            tf.config.threading.set_inter_op_parallelism_threads(1)
+        except RuntimeError as err:
+            raise RuntimeError(f"train.deterministic needs a fresh process: TensorFlow's thread "
+                               f"pools were already started ({err}).") from err
+
+
 def make_strategy(train_cfg: TrainConfig) -> tf.distribute.Strategy:
     """Create the distribution strategy, once per process, before any other TensorFlow work.
+    Under ``train.deterministic`` this first calls ``make_deterministic``.
 
     With ``TF_CONFIG`` naming several workers: ``MultiWorkerMirroredStrategy`` (every local GPU
     of every worker is a replica; a CPU-only worker is one replica), with collectives that give
@@ -56,12 +83,14 @@ def make_strategy(train_cfg: TrainConfig) -> tf.distribute.Strategy:
     happen before TensorFlow initialises its devices).
 
     Raises:
-        RuntimeError: ``cpu_replicas > 1`` was asked for after TensorFlow had already set up its
-            devices in this process (start a fresh process).
+        RuntimeError: ``cpu_replicas > 1`` or ``deterministic`` was asked for after TensorFlow
+            had already set up its devices in this process (start a fresh process).
         ValueError: ``TF_CONFIG`` is malformed; several workers are asked for together with
             ``cpu_replicas > 1``; or several workers or ``cpu_replicas > 1`` are asked for on a
             Keras backend other than TensorFlow.
     """
+    if train_cfg.deterministic:
+        make_deterministic()
     if keras.backend.backend() != "tensorflow":
         # JAX and PyTorch train on one device here: tf.distribute does not reach them.
         if cluster.worker_info().multi_worker or train_cfg.cpu_replicas > 1:
@@ -359,7 +388,7 @@ def train(cfg: Config, splits: Splits, run_dir: Path,
     strategy = strategy or make_strategy(cfg.train)
     keras.utils.set_random_seed(cfg.seed)
     if cfg.train.deterministic:
-        tf.config.experimental.enable_op_determinism()
+        make_deterministic()
     keras.mixed_precision.set_global_policy(cfg.train.mixed_precision)
     num_classes = len(splits.class_names)
     replicas = strategy.num_replicas_in_sync
