@@ -44,10 +44,10 @@ DTYPE = "float32"
 NUM_LAYER_SEEDS = 32
 # A TFOpsLayer with seed s gives its draw k (k < DRAWS_PER_LAYER) the op seed
 # s * DRAWS_PER_LAYER + k, so that no two draws of the layers seeded s, s + 1, ... share one.
-# TensorFlow gives two random ops with the same global and op seed the same stream
-# (https://www.tensorflow.org/api_docs/python/tf/random/set_seed), so a shared op seed makes
-# two draws of the same shape equal, batch after batch: with op seed s + k, the rotation
-# angle decided which images got a background, the hue direction and the blur.
+# The draw's stateless seed is the batch's key with the op seed folded in (TFOpsLayer.draw_seed),
+# so a shared op seed would make two draws of the same shape equal, batch after batch. (When
+# the draws were stateful ops with op seed s + k, the rotation angle decided which images got a
+# background, the hue direction and the blur.)
 DRAWS_PER_LAYER = 8
 
 
@@ -210,10 +210,11 @@ class RandomBackground(TFOpsLayer):
         count = tf.reduce_sum(tf.cast(chosen, tf.int32))
         return {"chosen": chosen,
                 "base": scatter_rows(chosen, self.draw(key, [count, 1, 1, 3], 0.0, 255.0, 0), batch),
-                "field": scatter_rows(chosen, self.draw(key, [count, 4, 4, 3], -80.0, 80.0, 1), batch),
+                "field": scatter_rows(chosen, self.draw(key, [count, 4, 4, 3], -80.0, 80.0, 1),
+                                      batch),
                 # grey grain: a third of the draws
-                "grain": scatter_rows(chosen, self.draw(key, [count, height, width, 1], -12.0, 12.0, 2),
-                                      batch)}
+                "grain": scatter_rows(chosen, self.draw(key, [count, height, width, 1], -12.0, 12.0,
+                                                        2), batch)}
 
     def apply(self, images, params: dict):
         import tensorflow as tf
@@ -250,7 +251,8 @@ class RandomBlur(TFOpsLayer):
         """``chosen`` (``bool [B]``) and the standard deviation ``sigma`` (``float32 [B]``,
         pixels)."""
         batch = shape[0]
-        return {"chosen": self.draw(key, [batch], 0.0, 1.0, 0) < self.draw(key, [batch], 0.0, self.factor, 1),
+        return {"chosen": (self.draw(key, [batch], 0.0, 1.0, 0)
+                           < self.draw(key, [batch], 0.0, self.factor, 1)),
                 "sigma": self.draw(key, [batch], self.sigma[0], self.sigma[1], 2)}
 
     def apply(self, images, params: dict):
@@ -395,7 +397,8 @@ class RandomAffine(TFOpsLayer):
 
     def transforms(self, key, batch, height, width):
         """The ``[batch, 8]`` float32 projective transforms (output pixel -> input pixel) of
-        the draws for the batch key ``key`` (``int64 [2]``), in the layout of ``ImageProjectiveTransformV3``."""
+        the draws for the batch key ``key`` (``int64 [2]``), in the layout of
+        ``ImageProjectiveTransformV3``."""
         import math
 
         import tensorflow as tf
