@@ -107,12 +107,15 @@ class TFOpsLayer(layers.Layer):
         ``float32 [B, H, W, 3]`` in and out."""
         raise NotImplementedError
 
-    def call(self, images, training=True):
+    def call(self, images, training=True, key=None):
+        """``draw_params`` for the batch key ``key`` (``int64 [2]``; ``None``: a fresh key from
+        ``stateful_key``), then ``apply``; ``images`` unchanged when not ``training``."""
         import tensorflow as tf
 
         if not training:
             return images
-        return self.apply(images, self.draw_params(tf.shape(images), stateful_key(self.op_seed(0))))
+        key = stateful_key(self.op_seed(0)) if key is None else key
+        return self.apply(images, self.draw_params(tf.shape(images), key))
 
 
 def stateful_key(op_seed: int | None = None):
@@ -644,13 +647,13 @@ def compilable(layer: layers.Layer, aug_cfg: AugmentConfig) -> bool:
 
 
 def make_stage(group: list, compiled: bool, clip: bool = False) -> Callable:
-    """A function ``stage(images, key=None)`` that applies ``group`` to a batch, with
-    training-time randomness.
+    """A function ``stage(images, key)`` that applies ``group`` to a batch, with training-time
+    randomness.
 
     ``key`` (``int64 [2]``) is the batch's random key: a ``TFOpsLayer``'s draws are a function
-    of it and of the layer's seed (``TFOpsLayer.draw_params``). ``None`` draws a fresh key from
-    a stateful op (``stateful_key``). Keras layers (``augment.fused: false``) ignore it and draw
-    from their own stateful seed generators: Keras 3 random ops take no tensor seeds.
+    of it and of the layer's seed (``TFOpsLayer.draw_params``). Keras layers
+    (``augment.fused: false``) ignore it and draw from their own stateful seed generators:
+    Keras 3 random ops take no tensor seeds.
 
     Compiled: ``group`` is consecutive ``TFOpsLayer``s (``compilable``); their random draws
     (``draw_params``) are made as TensorFlow ops, then the cast to float32, their ``apply`` in
@@ -671,20 +674,15 @@ def make_stage(group: list, compiled: bool, clip: bool = False) -> Callable:
 
         arithmetic = tf.function(arithmetic, jit_compile=True)
 
-        def stage(images, key=None):
-            key = stateful_key(group[0].op_seed(0)) if key is None else key
+        def stage(images, key):
             shape = tf.shape(images)
             return arithmetic(images, [layer.draw_params(shape, key) for layer in group])
 
         return stage
     (layer,) = group
     if isinstance(layer, TFOpsLayer):
-        def stage(images, key=None):
-            key = stateful_key(layer.op_seed(0)) if key is None else key
-            return layer.apply(images, layer.draw_params(tf.shape(images), key))
-
-        return stage
-    return lambda images, key=None: layer(images, training=True)
+        return lambda images, key: layer.call(images, training=True, key=key)
+    return lambda images, key: layer(images, training=True)
 
 
 def make_augmenter(aug_cfg: AugmentConfig, seed: int) -> Callable | None:

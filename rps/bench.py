@@ -463,7 +463,8 @@ def augmentation_costs(cfg, splits, repeats: int = 5) -> dict:
 
     import tensorflow as tf
 
-    from rps.augment import compilable, make_augment_layers, make_augmenter, make_stage
+    from rps.augment import (compilable, make_augment_layers, make_augmenter, make_stage,
+                             stateful_key)
     from rps.data import make_train_dataset
 
     images, _ = next(iter(make_train_dataset(splits.train, cfg)))  # float32, not augmented
@@ -484,7 +485,9 @@ def augmentation_costs(cfg, splits, repeats: int = 5) -> dict:
         costs[label] = {}
         for layer in make_augment_layers(aug_cfg, cfg.seed):
             stage = make_stage([layer], compilable(layer, aug_cfg))
-            costs[label][layer.name] = fastest(tf.function(stage), images)
+            # a fresh key per call, as each batch brings one in the pipeline
+            costs[label][layer.name] = fastest(tf.function(lambda x, stage=stage: stage(
+                x, stateful_key())), images)
         augmenter = make_augmenter(aug_cfg, cfg.seed)
         costs[label]["all"] = fastest(tf.function(augmenter), pixels) if augmenter else 0.0
     return costs
