@@ -428,7 +428,7 @@ def train_throughput(cfg, splits, augment_in_model: bool = False, epochs: int = 
     keras.mixed_precision.set_global_policy(cfg.train.mixed_precision)
     num_classes = len(splits.class_names)
     augment = None if augment_in_model else make_augmenter(cfg.augment, cfg.seed)
-    dataset = make_train_batches(cfg, splits, augment)
+    dataset = make_train_batches(cfg, splits, augment, 0, epochs)
     model = build_model(cfg.model, num_classes, cfg.data.image_size)
     if augment_in_model:
         inputs = keras.Input(model.input_shape[1:])
@@ -442,8 +442,9 @@ def train_throughput(cfg, splits, augment_in_model: bool = False, epochs: int = 
     timer = keras.callbacks.LambdaCallback(
         on_epoch_begin=lambda e, logs: times.append(time.perf_counter()),
         on_epoch_end=lambda e, logs: times.append(time.perf_counter() - times.pop()))
-    # repeat + steps_per_epoch: one iterator for the whole fit, as rps.train.train does.
-    model.fit(dataset.repeat(), steps_per_epoch=steps, epochs=epochs, callbacks=[timer], verbose=0)
+    # All epochs in one dataset + steps_per_epoch: one iterator for the whole fit, as
+    # rps.train.train does.
+    model.fit(dataset, steps_per_epoch=steps, epochs=epochs, callbacks=[timer], verbose=0)
     keras.mixed_precision.set_global_policy("float32")
     return steps * cfg.data.global_batch_size / float(np.median(times[1:] or times))
 

@@ -29,7 +29,8 @@ from rps.augment import make_augmenter, make_mixup
 from rps.config import Config, TrainConfig, has_validation, parse_profile_batches
 from rps.data import Splits, make_eval_dataset, make_train_dataset
 from rps.models import build_model, mean_member_softmax
-from rps.runs import FINAL_WEIGHTS, HISTORY_FILE, FinishedTraining, prepare_resume, read_history
+from rps.runs import (BACKUP_DIR, FINAL_WEIGHTS, HISTORY_FILE, FinishedTraining, prepare_resume,
+                      read_history, write_json)
 
 log = logging.getLogger(__name__)
 
@@ -174,9 +175,66 @@ def _print_epoch_json(epoch: int, logs: dict | None) -> None:
                       **{k: float(v) for k, v in (logs or {}).items()}}), flush=True)
 
 
+class SeedStateBackup(keras.callbacks.Callback):
+    """Back up and restore the model's Keras seed-generator states (``Dropout``'s random masks)
+    beside the ``BackupAndRestore`` state, which does not hold them: Keras's ``save_weights``
+    skips ``keras.random.SeedGenerator`` states, so a resumed run would draw the masks of
+    epoch 0 again.
+
+    The states are ``int64 [2]`` variables (``model.variables`` whose path ends in
+    ``seed_generator_state``). After each epoch they are written, keyed by the next epoch to
+    train, to ``<backup_dir>/seed_states.json`` (atomically, the last three epochs kept, so the
+    previous epoch that ``rps.runs.prepare_resume`` may fall back to is there too). Put this
+    callback before ``BackupAndRestore``: a kill between the two leaves an entry ahead of the
+    backup, never one behind it.
+
+    Args:
+        backup_dir: the ``BackupAndRestore`` folder.
+        start_epoch: the epoch the run resumes at (``ResumeState.epoch``; 0: fresh run). At the
+            start of training the states saved for it are restored; if none were saved (a
+            backup from an older version), training goes on with fresh states and a warning.
+    """
+
+    FILE = "seed_states.json"
+    KEEP = 3
+
+    def __init__(self, backup_dir: Path, start_epoch: int = 0):
+        super().__init__()
+        self.path = Path(backup_dir) / self.FILE
+        self.start_epoch = start_epoch
+
+    def _states(self) -> list:
+        return [v for v in self.model.variables if v.path.endswith("seed_generator_state")]
+
+    def _saved(self) -> dict:
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def on_train_begin(self, logs=None):
+        if not self.start_epoch:
+            return
+        variables, saved = self._states(), self._saved().get(str(self.start_epoch))
+        if saved is None or len(saved) != len(variables):
+            log.warning("%s has no seed-generator states for epoch %d: the resumed epochs draw "
+                        "other dropout masks than an uninterrupted run", self.path,
+                        self.start_epoch + 1)
+            return
+        for variable, value in zip(variables, saved):
+            variable.assign(np.asarray(value, dtype=variable.dtype))
+
+    def on_epoch_end(self, epoch, logs=None):
+        saved = self._saved()
+        saved[str(epoch + 1)] = [keras.ops.convert_to_numpy(v).tolist() for v in self._states()]
+        keep = sorted(saved, key=int)[-self.KEEP:]
+        write_json(self.path, {k: saved[k] for k in keep})
+
+
 def make_callbacks(cfg: Config, run_dir: Path, splits: Splits | None = None,
                    tuning: bool = False,
-                   best_val_loss: float | None = None) -> list[keras.callbacks.Callback]:
+                   best_val_loss: float | None = None,
+                   start_epoch: int = 0) -> list[keras.callbacks.Callback]:
     """All callbacks of a run, Keras built-ins where possible.
 
     BackupAndRestore (resume an interrupted run), best checkpoint on validation loss (when
@@ -196,6 +254,7 @@ def make_callbacks(cfg: Config, run_dir: Path, splits: Splits | None = None,
             checkpoints trials itself and gives each trial its own TensorBoard folder and HParams.
         best_val_loss: validation loss of the existing ``best.weights.h5`` of a resumed run
             (``rps.runs.prepare_resume``): only a better epoch replaces it. ``None``: fresh run.
+        start_epoch: the epoch a resumed run starts at (0: fresh run), for ``SeedStateBackup``.
 
     Returns:
         The callbacks, in the order Keras should call them.
@@ -218,10 +277,12 @@ def make_callbacks(cfg: Config, run_dir: Path, splits: Splits | None = None,
             str(checkpoints / "best.weights.h5"), monitor="val_loss", save_best_only=True,
             save_weights_only=True, initial_value_threshold=best_val_loss))
     callbacks += [
+        # Before BackupAndRestore: see SeedStateBackup.
+        SeedStateBackup(run_dir / BACKUP_DIR, start_epoch),
         # Saves the full training state each epoch; the same command resumes from it. The
         # previous epoch's copy is kept in case a kill cuts the latest one short; train()
         # deletes the state once training has finished and its result is saved.
-        keras.callbacks.BackupAndRestore(str(checkpoints / "backup"), double_checkpoint=True,
+        keras.callbacks.BackupAndRestore(str(run_dir / BACKUP_DIR), double_checkpoint=True,
                                          delete_checkpoint=False),
         # update_freq stays "epoch": see rps.tensorboard.BatchScalars for the step scalars.
         keras.callbacks.TensorBoard(
@@ -255,7 +316,8 @@ def _one_hot(num_classes: int):
     return lambda x, y: (x, tf.one_hot(y, num_classes))
 
 
-def make_train_batches(cfg: Config, splits: Splits, augment) -> tf.data.Dataset:
+def make_train_batches(cfg: Config, splits: Splits, augment, start_epoch: int = 0,
+                       end_epoch: int | None = None) -> tf.data.Dataset:
     """The training batches ``fit`` reads: ``make_train_dataset`` (cached, shuffled, batched,
     augmented by ``augment``), labels one-hot ``float32 [B, num_classes]``, then mixed under
     ``augment.mixup`` (soft labels). Shared by ``make_fit_datasets`` and the benchmark's
@@ -264,19 +326,45 @@ def make_train_batches(cfg: Config, splits: Splits, augment) -> tf.data.Dataset:
     Args:
         augment: ``rps.augment.make_augmenter``'s function, or ``None`` (no augmentation in the
             pipeline, e.g. when the benchmark puts it inside the model).
+        start_epoch, end_epoch: the epochs ``start_epoch`` to ``end_epoch - 1`` (default: one
+            epoch), see ``rps.data.make_train_dataset``.
     """
-    train_ds = make_train_dataset(splits.train, cfg, augment).map(_one_hot(len(splits.class_names)))
+    train_ds = make_train_dataset(splits.train, cfg, augment, start_epoch, end_epoch)
+    train_ds = train_ds.map(_one_hot(len(splits.class_names)))
     mixup = make_mixup(cfg.augment, cfg.seed)
     if mixup is not None:
         train_ds = train_ds.map(mixup, num_parallel_calls=tf.data.AUTOTUNE)
     return train_ds
 
 
-def make_fit_datasets(cfg: Config, splits: Splits
+def count_steps_per_epoch(cfg: Config, splits: Splits) -> int:
+    """Training steps per epoch: ``len(splits.train) // data.global_batch_size`` (the last
+    partial batch is dropped).
+
+    Raises:
+        ValueError: the training split is smaller than one global batch.
+    """
+    steps_per_epoch = len(splits.train) // cfg.data.global_batch_size
+    if steps_per_epoch < 1:
+        raise ValueError(f"the training split has {len(splits.train)} images, fewer than "
+                         f"data.global_batch_size={cfg.data.global_batch_size}: lower the batch size.")
+    return steps_per_epoch
+
+
+def make_fit_datasets(cfg: Config, splits: Splits, start_epoch: int = 0,
+                      end_epoch: int | None = None
                       ) -> tuple[tf.data.Dataset, tf.data.Dataset | None, int]:
     """The datasets ``fit`` reads: augmented training batches and validation batches, labels
     one-hot ``float32 [B, num_classes]`` (soft labels for the training batches under
     ``augment.mixup``). ``splits.test`` is never read.
+
+    Args:
+        cfg: the run config.
+        splits: the data.
+        start_epoch, end_epoch: the training dataset holds the epochs ``start_epoch`` to
+            ``end_epoch - 1`` (default: to ``train.epochs``) back to back, for one
+            ``fit(steps_per_epoch=..., epochs=end_epoch)`` that starts (or resumes) at
+            ``start_epoch`` (``rps.data.make_train_dataset``).
 
     Returns:
         ``(train_ds, val_ds, steps_per_epoch)``; ``val_ds`` is ``None`` when there is no
@@ -286,7 +374,9 @@ def make_fit_datasets(cfg: Config, splits: Splits
         ValueError: the training split is smaller than one global batch.
     """
     num_classes = len(splits.class_names)
-    train_ds = make_train_batches(cfg, splits, make_augmenter(cfg.augment, cfg.seed))
+    steps_per_epoch = count_steps_per_epoch(cfg, splits)
+    train_ds = make_train_batches(cfg, splits, make_augmenter(cfg.augment, cfg.seed), start_epoch,
+                                  cfg.train.epochs if end_epoch is None else end_epoch)
     val_ds = None
     if splits.val:
         val_ds = make_eval_dataset(splits.val, cfg.data).map(_one_hot(num_classes))
@@ -305,10 +395,6 @@ def make_fit_datasets(cfg: Config, splits: Splits
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     train_ds = train_ds.with_options(options)
     val_ds = val_ds.with_options(options) if val_ds is not None else None
-    steps_per_epoch = len(splits.train) // cfg.data.global_batch_size
-    if steps_per_epoch < 1:
-        raise ValueError(f"the training split has {len(splits.train)} images, fewer than "
-                         f"data.global_batch_size={cfg.data.global_batch_size}: lower the batch size.")
     return train_ds, val_ds, steps_per_epoch
 
 
@@ -376,9 +462,13 @@ def train(cfg: Config, splits: Splits, run_dir: Path,
             process was then killed, e.g. during export), load its result instead of training
             again (``rps.runs.FinishedTraining``; what the pipeline asks for).
 
-    An interrupted run resumes at the epoch after its last backup (``rps.runs.prepare_resume``);
-    the resumed run is not bit-identical to an uninterrupted one (the data order and
-    augmentation draws restart from the seed), but it trains each epoch once.
+    An interrupted run resumes at the epoch after its last backup (``rps.runs.prepare_resume``)
+    and reads the batches an uninterrupted run would have read from that epoch on (the same
+    shuffle and augmentation keys, ``rps.data.make_train_dataset``), and its dropout masks
+    (``SeedStateBackup``). With
+    ``train.deterministic`` the resumed run's weights are bit-identical to an uninterrupted
+    run's. Not restored: ``augment.mixup`` and the Keras layers of ``augment.fused: false``
+    draw from Keras's stateful seed generators outside the model, which restart from the seed.
 
     Returns:
         A ``TrainResult`` whose model holds the final weights (``train.checkpoint: last``) or
@@ -398,8 +488,7 @@ def train(cfg: Config, splits: Splits, run_dir: Path,
     log.info("replicas: %d, global batch size: %d, per-replica batch size: %d", replicas,
              cfg.data.global_batch_size, cfg.data.global_batch_size // replicas)
 
-    train_ds, val_ds, steps_per_epoch = make_fit_datasets(cfg, splits)
-
+    steps_per_epoch = count_steps_per_epoch(cfg, splits)
     with strategy.scope():
         model = compile_model(build_model(cfg.model, num_classes, cfg.data.image_size), cfg,
                               steps_per_epoch)
@@ -413,16 +502,21 @@ def train(cfg: Config, splits: Splits, run_dir: Path,
     agree = ((lambda epoch: cluster.agree_on_epoch(strategy, epoch))
              if cluster.worker_info().multi_worker else None)
     resume = prepare_resume(run_dir, agree)
+    # The training dataset starts at the resumed epoch's batches; Keras's BackupAndRestore
+    # restores the weights, optimizer and epoch counter.
+    train_ds, val_ds, _ = make_fit_datasets(cfg, splits, start_epoch=resume.epoch)
     start = time.perf_counter()
-    # One iterator for the whole fit (repeat + steps_per_epoch), not a new one each epoch:
+    # One iterator for the whole fit (all epochs in one dataset + steps_per_epoch), not a new
+    # one each epoch:
     # destroying a tf.data iterator waits for its autotuning thread, whose sleep doubles up to
     # a minute, and on 2 cores that left both idle for up to ~20 s at the start of each epoch
     # (measured 2026-12-07; docs/experiments.md). Keras keeps the iterator across epochs when
     # steps_per_epoch is given.
-    history = model.fit(train_ds.repeat(), steps_per_epoch=steps_per_epoch,
+    history = model.fit(train_ds, steps_per_epoch=steps_per_epoch,
                         validation_data=val_ds, epochs=cfg.train.epochs,
                         callbacks=make_callbacks(cfg, run_dir, splits,
-                                                 best_val_loss=resume.best_val_loss)
+                                                 best_val_loss=resume.best_val_loss,
+                                                 start_epoch=resume.epoch)
                         + list(extra_callbacks),
                         verbose=fit_verbose(cfg))
     seconds = time.perf_counter() - start

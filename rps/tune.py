@@ -278,11 +278,13 @@ class RpsHyperModel(keras_tuner.HyperModel):
         on the validation split. ``kwargs``: keras-tuner's ``epochs``, ``initial_epoch`` and
         ``callbacks``."""
         cfg = trial_config(self.tune_cfg, hp.values)
-        train_ds, val_ds, steps_per_epoch = make_fit_datasets(cfg, self.splits)
+        # The epochs keras-tuner asks for (Hyperband continues a trial from initial_epoch),
+        # all in one dataset: one iterator for the whole fit (see rps.train.train).
+        train_ds, val_ds, steps_per_epoch = make_fit_datasets(
+            cfg, self.splits, kwargs.get("initial_epoch", 0), kwargs["epochs"])
         kwargs.pop("verbose", None)  # search(verbose=0) is for keras-tuner's own display
         # No Keras bars: the tuning bar shows each epoch (text mode), or JSON lines do.
-        # repeat + steps_per_epoch: one iterator for the whole fit (see rps.train.train).
-        return model.fit(train_ds.repeat(), steps_per_epoch=steps_per_epoch,
+        return model.fit(train_ds, steps_per_epoch=steps_per_epoch,
                          validation_data=val_ds, verbose=0, **kwargs)
 
 

@@ -156,8 +156,9 @@ def test_augmented_train_pipeline_repeats_itself_for_a_seed(tiny_root):
         cfg = _cfg(tiny_root, "data.validation_fraction=0.25", "data.global_batch_size=2",
                    f"seed={seed}", "augment.background=0.5", "augment.noise=5")
         splits = load_splits(cfg.data, seed=0)
-        dataset = make_train_dataset(splits.train, cfg, make_augmenter(cfg.augment, cfg.seed))
-        return [np.concatenate([x.numpy().ravel(), y.numpy()]) for x, y in dataset.repeat(2)]
+        dataset = make_train_dataset(splits.train, cfg, make_augmenter(cfg.augment, cfg.seed),
+                                     start_epoch=0, end_epoch=2)
+        return [np.concatenate([x.numpy().ravel(), y.numpy()]) for x, y in dataset]
 
     first, again = two_epochs(0), two_epochs(0)
     assert len(first) == 18  # 18 images in batches of 2, twice
@@ -166,6 +167,36 @@ def test_augmented_train_pipeline_repeats_itself_for_a_seed(tiny_root):
     epoch = len(first) // 2
     assert all(not np.array_equal(a, b) for a, b in zip(first[:epoch], first[epoch:]))
     assert all(not np.array_equal(a, b) for a, b in zip(first, two_epochs(1)))
+
+
+def test_train_epochs_depend_on_the_epoch_number_not_on_earlier_iterators(tiny_root):
+    """A run resumed at epoch k reads what an uninterrupted run reads from epoch k on, batch
+    for batch (the same shuffle and augmentation keys); and iterating a dataset again gives
+    the same batches (Keras's fit opens a throwaway iterator before the real one)."""
+    from rps.augment import make_augmenter
+
+    cfg = _cfg(tiny_root, "data.validation_fraction=0.25", "data.global_batch_size=2",
+               "augment.background=0.5", "augment.noise=5")
+    splits = load_splits(cfg.data, seed=0)
+    augment = make_augmenter(cfg.augment, cfg.seed)
+
+    def batches(dataset):
+        return [np.concatenate([x.numpy().ravel(), y.numpy()]) for x, y in dataset]
+
+    steps = len(splits.train) // 2
+    whole = make_train_dataset(splits.train, cfg, augment, start_epoch=0, end_epoch=4)
+    uninterrupted = batches(whole)
+    assert len(uninterrupted) == 4 * steps
+    resumed = batches(make_train_dataset(splits.train, cfg, augment, start_epoch=2, end_epoch=4))
+    for a, b in zip(resumed, uninterrupted[2 * steps:], strict=True):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(batches(whole), uninterrupted, strict=True):  # a second iterator
+        np.testing.assert_array_equal(a, b)
+    # Epoch 2 is not epoch 0 again: a dataset that ignored start_epoch would fail above.
+    assert not np.array_equal(uninterrupted[0], uninterrupted[2 * steps])
+    for start, end in ((-1, 2), (2, 2)):
+        with pytest.raises(ValueError, match="start_epoch"):
+            make_train_dataset(splits.train, cfg, augment, start_epoch=start, end_epoch=end)
 
 
 def test_group_split_never_splits_a_group():

@@ -120,6 +120,31 @@ def test_deterministic_runs_are_bit_identical(real_root, tmp_path):
         assert first.dtype == second.dtype and first.tobytes() == second.tobytes()
 
 
+@pytest.mark.slow
+def test_deterministic_resumed_run_is_bit_identical_to_an_uninterrupted_one(real_root, tmp_path):
+    """Killed inside epoch 3 and resumed, a ``train.deterministic`` run ends with the weights of
+    the same run left alone: the resumed epochs read the same shuffled, augmented batches
+    (``make_fit_datasets(start_epoch=...)``), and BackupAndRestore restores the rest."""
+    import keras
+
+    extra = ("train.deterministic=true", "export.tflite=false", "train.epochs=4")
+    run_to_end(smoke_command(real_root, tmp_path / "runs", "run_name=whole", *extra),
+               tmp_path / "whole.log")
+    command = smoke_command(real_root, tmp_path / "runs", "run_name=resumed", *extra)
+    run_dir = tmp_path / "runs" / "resumed"
+    kill_when(command, tmp_path / "first.log", lambda: backup_epoch(run_dir) >= 2)
+    killed_at = backup_epoch(run_dir)
+    assert 2 <= killed_at < 4
+    text = run_to_end(command, tmp_path / "second.log")
+    assert f"resuming training at epoch {killed_at + 1}" in text
+    weights = [keras.saving.load_model(tmp_path / "runs" / name / "model.keras", safe_mode=True,
+                                       compile=False).get_weights()
+               for name in ("whole", "resumed")]
+    assert len(weights[0]) == len(weights[1]) > 0
+    same = [a.tobytes() == b.tobytes() for a, b in zip(*weights)]
+    assert all(same), f"{sum(same)} of {len(same)} weight arrays identical"
+
+
 STEPS_TWICE = """
 import sys
 import numpy as np, keras
@@ -260,6 +285,36 @@ def test_prepare_resume_drops_a_half_written_history_row(tmp_path):
         f.write("2,0.5,0.")
     assert prepare_resume(tmp_path).epoch == 2
     assert read_history(tmp_path / "history.csv")["epoch"] == [0, 1]
+
+
+def test_seed_state_backup_restores_the_dropout_state_of_the_resumed_epoch(tmp_path, caplog):
+    import keras
+
+    from rps.train import SeedStateBackup
+
+    def model_and_state():
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dropout(0.5, seed=7)])
+        (state,) = [v for v in model.variables if v.path.endswith("seed_generator_state")]
+        return model, state
+
+    model, state = model_and_state()
+    backup = SeedStateBackup(tmp_path)
+    backup.set_model(model)
+    for epoch in range(4):  # the train step advances the state; epoch e ends at [7, 10 (e + 1)]
+        state.assign(np.array([7, 10 * (epoch + 1)]))
+        backup.on_epoch_end(epoch)
+    saved = json.loads((tmp_path / SeedStateBackup.FILE).read_text())
+    assert saved == {"2": [[7, 20]], "3": [[7, 30]], "4": [[7, 40]]}  # the last three epochs
+
+    resumed, resumed_state = model_and_state()
+    restore = SeedStateBackup(tmp_path, start_epoch=3)
+    restore.set_model(resumed)
+    restore.on_train_begin()
+    assert resumed_state.numpy().tolist() == [7, 30]
+    too_old = SeedStateBackup(tmp_path, start_epoch=1)  # not kept: warn, keep the fresh state
+    too_old.set_model(model_and_state()[0])
+    too_old.on_train_begin()
+    assert "no seed-generator states for epoch 2" in caplog.text  # 1-based, as in the logs
 
 
 def test_fresh_run_folder_is_left_alone(tmp_path):
