@@ -628,15 +628,19 @@ def backend_epoch_times(cfg, out_dir: Path, backends: list[str], epochs: int = 2
     for backend in backends:
         if importlib.util.find_spec(backend) is None:
             result[backend] = {"error": f"{backend} is not installed (make install-backends)"}
-            continue
-        child = subprocess.run([sys.executable, "-m", "rps.bench", str(cfg_file), str(epochs)],
-                               env={**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2"},
-                               capture_output=True, text=True)
-        lines = child.stdout.strip().splitlines()
-        if child.returncode or not lines:
-            result[backend] = {"error": (child.stderr.strip().splitlines() or ["no output"])[-1][:300]}
         else:
-            result[backend] = json.loads(lines[-1])
+            child = subprocess.run(
+                [sys.executable, "-m", "rps.bench", str(cfg_file), str(epochs)],
+                env={**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2"},
+                capture_output=True, text=True)
+            lines = child.stdout.strip().splitlines()
+            if child.returncode or not lines:
+                result[backend] = {"error": (child.stderr.strip().splitlines()
+                                             or ["no output"])[-1][:300]}
+            else:
+                result[backend] = json.loads(lines[-1])
+        # Every backend gets its row in the JSON, a missing one included (it said "not
+        # installed" only in the markdown before).
         write_json(out_dir / "backends.json", result)
     rows = ["| Keras backend | training images/s | seconds per epoch |", "|---|---|---|"]
     for backend, r in result.items():
