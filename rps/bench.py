@@ -172,7 +172,7 @@ def race(cfg, run_dir, splits=None) -> dict:
 
     from rps.data import load_splits, make_eval_dataset
     from rps.evaluate import collect
-    from rps.train import train
+    from rps.train import count_steps_per_epoch, train
 
     if Path(run_dir).exists():
         shutil.rmtree(run_dir)
@@ -194,7 +194,7 @@ def race(cfg, run_dir, splits=None) -> dict:
             "train_seconds": timer.records[-1]["train_seconds"],
             "test_accuracy": accuracy(splits.test),
             "validation_folder_accuracy": accuracy(splits.validation_folder),
-            "train_images_per_second": len(splits.train) // cfg.data.global_batch_size
+            "train_images_per_second": count_steps_per_epoch(cfg, splits)
             * cfg.data.global_batch_size / steady,
             "num_parameters": result.model.count_params(),
             "forward_flops": forward_flops(result.model)}
@@ -422,7 +422,7 @@ def train_throughput(cfg, splits, augment_in_model: bool = False, epochs: int = 
     """
     from rps.augment import make_augment_layers, make_augmenter
     from rps.models import build_model
-    from rps.train import compile_model, make_train_batches
+    from rps.train import compile_model, count_steps_per_epoch, make_train_batches
 
     keras.utils.set_random_seed(cfg.seed)
     keras.mixed_precision.set_global_policy(cfg.train.mixed_precision)
@@ -436,7 +436,7 @@ def train_throughput(cfg, splits, augment_in_model: bool = False, epochs: int = 
         for layer in make_augment_layers(cfg.augment, cfg.seed):
             x = layer(x)
         model = keras.Model(inputs, model(x))
-    steps = len(splits.train) // cfg.data.global_batch_size
+    steps = count_steps_per_epoch(cfg, splits)
     compile_model(model, cfg, steps)
     times: list[float] = []
     timer = keras.callbacks.LambdaCallback(

@@ -465,9 +465,8 @@ def train(cfg: Config, splits: Splits, run_dir: Path,
     An interrupted run resumes at the epoch after its last backup (``rps.runs.prepare_resume``)
     and reads the batches an uninterrupted run would have read from that epoch on (the same
     shuffle and augmentation keys, ``rps.data.make_train_dataset``), and its dropout masks
-    (``SeedStateBackup``). With
-    ``train.deterministic`` the resumed run's weights are bit-identical to an uninterrupted
-    run's. Not restored: ``augment.mixup`` and the Keras layers of ``augment.fused: false``
+    (``SeedStateBackup``). With ``train.deterministic`` the resumed run's weights are
+    bit-identical to an uninterrupted run's. Not restored: ``augment.mixup`` and the Keras layers of ``augment.fused: false``
     draw from Keras's stateful seed generators outside the model, which restart from the seed.
 
     Returns:
@@ -507,11 +506,10 @@ def train(cfg: Config, splits: Splits, run_dir: Path,
     train_ds, val_ds, _ = make_fit_datasets(cfg, splits, start_epoch=resume.epoch)
     start = time.perf_counter()
     # One iterator for the whole fit (all epochs in one dataset + steps_per_epoch), not a new
-    # one each epoch:
-    # destroying a tf.data iterator waits for its autotuning thread, whose sleep doubles up to
-    # a minute, and on 2 cores that left both idle for up to ~20 s at the start of each epoch
-    # (measured 2026-12-07; docs/experiments.md). Keras keeps the iterator across epochs when
-    # steps_per_epoch is given.
+    # one each epoch: destroying a tf.data iterator waits for its autotuning thread, whose
+    # sleep doubles up to a minute, and on 2 cores that left both idle for up to ~20 s at the
+    # start of each epoch (measured 2026-12-07; docs/experiments.md). Keras keeps the iterator
+    # across epochs when steps_per_epoch is given.
     history = model.fit(train_ds, steps_per_epoch=steps_per_epoch,
                         validation_data=val_ds, epochs=cfg.train.epochs,
                         callbacks=make_callbacks(cfg, run_dir, splits,
