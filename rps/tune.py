@@ -47,7 +47,8 @@ from rps.data import Splits, load_splits
 from rps.models import build_model
 from rps.report import write_leaderboard
 from rps.runs import write_atomic
-from rps.train import compile_model, make_callbacks, make_fit_datasets, make_strategy
+from rps.train import (compile_model, count_steps_per_epoch, make_callbacks, make_fit_datasets,
+                       make_strategy)
 
 log = logging.getLogger(__name__)
 
@@ -269,7 +270,9 @@ class RpsHyperModel(keras_tuner.HyperModel):
         cfg = trial_config(self.tune_cfg, self._declare(hp))
         keras.utils.set_random_seed(cfg.seed)
         keras.mixed_precision.set_global_policy(cfg.train.mixed_precision)
-        steps_per_epoch = max(1, len(self.splits.train) // cfg.data.global_batch_size)
+        # The same count fit's datasets use; a tuned batch size larger than the training split
+        # raises its ValueError here, before a model is built.
+        steps_per_epoch = count_steps_per_epoch(cfg, self.splits)
         model = build_model(cfg.model, len(self.splits.class_names), cfg.data.image_size)
         return compile_model(model, cfg, steps_per_epoch)
 

@@ -86,6 +86,22 @@ def rps(*args):
 
 
 @pytest.mark.slow
+def test_tuned_batch_size_larger_than_the_training_split_is_a_clear_error(tmp_path):
+    import keras_tuner
+
+    from rps.data import ImageSplit, Splits
+    from rps.tune import RpsHyperModel
+
+    names = ("paper", "rock", "scissors")
+    train = ImageSplit("train", tuple(f"img{i}.png" for i in range(6)), (0, 1, 2) * 2, names)
+    splits = Splits(train, ImageSplit("val", (), (), names), None, None, names, "x")
+    tune_cfg = load_tune_config(write_tune(tmp_path, search_space={
+        "data.global_batch_size": {"values": [8]}}))
+    hp = keras_tuner.HyperParameters()
+    with pytest.raises(ValueError, match="6 images, fewer than data.global_batch_size=8"):
+        RpsHyperModel(tune_cfg, splits).build(hp)
+
+
 def test_two_trial_hyperband_search_then_resume(real_root, tmp_path):
     tune_yaml = write_tune(tmp_path)
     overrides = [f"data.root={real_root}", f"output_dir={tmp_path / 'runs'}"]
