@@ -9,11 +9,13 @@ import json
 import subprocess
 import sys
 
+import keras_tuner
 import pytest
 import yaml
 
 from rps.config import ConfigError, load_config
-from rps.tune import hyperband_budget, load_tune_config
+from rps.data import ImageSplit, Splits
+from rps.tune import RpsHyperModel, hyperband_budget, load_tune_config
 
 from conftest import REPO
 
@@ -85,13 +87,7 @@ def rps(*args):
                           capture_output=True, text=True, timeout=600)
 
 
-@pytest.mark.slow
 def test_tuned_batch_size_larger_than_the_training_split_is_a_clear_error(tmp_path):
-    import keras_tuner
-
-    from rps.data import ImageSplit, Splits
-    from rps.tune import RpsHyperModel
-
     names = ("paper", "rock", "scissors")
     train = ImageSplit("train", tuple(f"img{i}.png" for i in range(6)), (0, 1, 2) * 2, names)
     splits = Splits(train, ImageSplit("val", (), (), names), None, None, names, "x")
@@ -102,6 +98,7 @@ def test_tuned_batch_size_larger_than_the_training_split_is_a_clear_error(tmp_pa
         RpsHyperModel(tune_cfg, splits).build(hp)
 
 
+@pytest.mark.slow
 def test_two_trial_hyperband_search_then_resume(real_root, tmp_path):
     tune_yaml = write_tune(tmp_path)
     overrides = [f"data.root={real_root}", f"output_dir={tmp_path / 'runs'}"]
