@@ -1,4 +1,5 @@
-"""keras-tuner search: the tune file's checks, the Hyperband budget, a two-trial Hyperband search
+"""keras-tuner search: the tune file's checks, the Hyperband budget, a tuned batch size larger
+than the training split, a two-trial Hyperband search
 through `rps tune` (leaderboard, best.yaml, JSON lines, --resume, --quiet), and a two-trial
 Bayesian search in process that never reads test/."""
 
