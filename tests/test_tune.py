@@ -1,7 +1,7 @@
 """keras-tuner search: the tune file's checks, the Hyperband budget, a tuned batch size larger
-than the training split, a two-trial Hyperband search
-through `rps tune` (leaderboard, best.yaml, JSON lines, --resume, --quiet), and a two-trial
-Bayesian search in process that never reads test/."""
+than the training split, a two-trial Hyperband search through `rps tune` (leaderboard, best.yaml,
+JSON lines, --resume, --quiet), and a two-trial Bayesian search in process that never reads
+test/."""
 
 from __future__ import annotations
 
