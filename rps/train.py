@@ -466,8 +466,9 @@ def train(cfg: Config, splits: Splits, run_dir: Path,
     and reads the batches an uninterrupted run would have read from that epoch on (the same
     shuffle and augmentation keys, ``rps.data.make_train_dataset``), and its dropout masks
     (``SeedStateBackup``). With ``train.deterministic`` the resumed run's weights are
-    bit-identical to an uninterrupted run's. Not restored: ``augment.mixup`` and the Keras layers of ``augment.fused: false``
-    draw from Keras's stateful seed generators outside the model, which restart from the seed.
+    bit-identical to an uninterrupted run's. Not restored: ``augment.mixup`` and the Keras
+    layers of ``augment.fused: false`` draw from Keras's stateful seed generators outside the
+    model, which restart from the seed.
 
     Returns:
         A ``TrainResult`` whose model holds the final weights (``train.checkpoint: last``) or
