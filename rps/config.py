@@ -48,6 +48,10 @@ class DataConfig:
             fold ``fold`` is the validation split (``validation_fraction`` is then unused).
             With 7 hands per class, ``folds: 7`` holds out one hand of each class per fold.
         fold: which fold is the validation split when ``folds >= 2``, from 0 to ``folds - 1``.
+        split_seed: seed of the split alone (``validation_fraction`` or ``folds``); ``None``:
+            the root ``seed``. Set it to keep one validation split or fold assignment while
+            ``seed`` varies the training streams (initialisation, shuffling, augmentation), e.g.
+            for replicate runs of a cross-validation.
         global_batch_size: images per training step, summed over all replicas.
         max_images_per_class: keep at most this many files per class and split (``0``: all);
             for smoke runs and tests.
@@ -70,6 +74,7 @@ class DataConfig:
     group_pattern: str = r"^(.*)-\d+$"
     folds: int = 0
     fold: int = 0
+    split_seed: int | None = None
     global_batch_size: int = 64
     max_images_per_class: int = 0
     cache: bool = True
@@ -457,6 +462,8 @@ def _check(cfg: Config) -> None:
         ("data.folds", cfg.data.folds == 0 or cfg.data.folds >= 2, "0 (off) or an integer >= 2"),
         ("data.fold", 0 <= cfg.data.fold < max(cfg.data.folds, 1),
          f"between 0 and data.folds - 1 = {max(cfg.data.folds, 1) - 1}"),
+        ("data.split_seed", cfg.data.split_seed is None or cfg.data.split_seed >= 0,
+         "null (the root seed) or an integer >= 0"),
         ("data.global_batch_size", cfg.data.global_batch_size >= 1, "an integer >= 1"),
         ("data.max_images_per_class", cfg.data.max_images_per_class >= 0, ">= 0 (0 means all)"),
         ("data.max_image_pixels", 1 <= cfg.data.max_image_pixels <= PILLOW_MAX_PIXELS,

@@ -357,10 +357,16 @@ def load_splits(data_cfg: DataConfig, seed: int) -> Splits:
     ``data.root`` (see ``rps.download.download_tfds``), then read like any folder, with the same
     checks.
 
+    Args:
+        data_cfg: the ``data`` section of the config.
+        seed: the root seed; it draws the validation split or the folds unless
+            ``data_cfg.split_seed`` is set, which then draws them instead.
+
     Raises:
         FileNotFoundError, ValueError: see ``list_split``, ``check_split``, ``stratified_split``
             and ``kfold_split``.
     """
+    seed = seed if data_cfg.split_seed is None else data_cfg.split_seed
     root = Path(data_cfg.root)
     if data_cfg.source == "tfds" and not root.exists():
         from rps.download import download_tfds  # lazy: imports tensorflow_datasets

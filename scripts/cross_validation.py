@@ -23,6 +23,11 @@ Outputs in ``--out``:
 
 Both files are rewritten after every fold, so a stopped run keeps its finished folds.
 
+Replicates: a second run with the same config and seed may repeat the first bit for bit (it
+did for batch 32 on 2026-12-08, docs/experiments.md), and then adds no evidence. A replicate
+keeps the folds and changes the training streams (initialisation, shuffling, augmentation):
+``seed=43 data.split_seed=42`` holds out the same hands in each fold as ``seed=42``.
+
 Usage: ``python scripts/cross_validation.py --folds 7 --out saved_models/cv [key=value ...]``
 (one full training per fold: about 7 minutes each for the default on 2 CPU cores).
 """

@@ -67,6 +67,10 @@ def test_fold_must_be_one_of_the_folds():
     with pytest.raises(ConfigError, match=r"'data.folds' = 1 is out of range"):
         build_config(overrides=["data.folds=1"])
     assert build_config(overrides=["data.folds=7", "data.fold=6"]).data.fold == 6
+    assert build_config(overrides=["data.split_seed=3"]).data.split_seed == 3
+    assert build_config(overrides=["data.split_seed=null"]).data.split_seed is None
+    with pytest.raises(ConfigError, match=r"'data.split_seed' = -1 is out of range: expected null"):
+        build_config(overrides=["data.split_seed=-1"])
 
 
 def test_no_validation_split_needs_last_checkpoint_and_no_early_stopping():

@@ -199,6 +199,16 @@ def test_train_epochs_depend_on_the_epoch_number_not_on_earlier_iterators(tiny_r
             make_train_dataset(splits.train, cfg, augment, start_epoch=start, end_epoch=end)
 
 
+@pytest.mark.parametrize("split", [["data.validation_fraction=0.25"], ["data.folds=4", "data.fold=1"]])
+def test_split_seed_keeps_the_split_while_the_seed_varies(tiny_root, split):
+    def val_paths(seed, *overrides):
+        return load_splits(_cfg(tiny_root, *split, *overrides).data, seed=seed).val.paths
+
+    assert val_paths(0) != val_paths(1)  # the root seed draws the split by default
+    assert val_paths(1, "data.split_seed=0") == val_paths(0)  # split_seed overrides it
+    assert val_paths(0, "data.split_seed=1") == val_paths(1)
+
+
 def test_group_split_never_splits_a_group():
     from rps.data import group_keys
 
