@@ -44,9 +44,12 @@ def test_train_predict_evaluate_export(smoke_overrides, real_root, tmp_path):
     assert "test      tflite: top-1 accuracy" in ev.stdout
     assert json.loads((run_dir / "evaluation.json").read_text())["test"]["tflite"]["agreement"] == 1.0
 
-    ex = rps("export", run_dir)
+    # Re-export with --quantize none: the float32 files only (train above wrote the int8 variant).
+    before = (run_dir / "model.tflite").stat().st_mtime_ns
+    ex = rps("export", run_dir, "--quantize", "none")
     assert ex.returncode == 0, ex.stderr[-2000:]
     assert f"exports written to {run_dir}" in ex.stdout
+    assert (run_dir / "model.tflite").stat().st_mtime_ns > before
 
 
 def test_unknown_config_key_is_a_clear_error():

@@ -126,7 +126,7 @@ def test_two_workers_train_and_chief_exports(smoke_overrides, tmp_path):
 @pytest.mark.slow
 def test_killed_worker_restarts_and_training_resumes(smoke_overrides, tmp_path):
     out = tmp_path / "runs"
-    overrides = [*smoke_overrides, "data.global_batch_size=4", "run_name=mw", "train.epochs=6",
+    overrides = [*smoke_overrides, "data.global_batch_size=4", "run_name=mw", "train.epochs=4",
                  "train.collective_timeout=30", "export.quantize=none",
                  # The profiler is tested above; a worker has died in its window (docs/distributed.md).
                  "train.profile_batches=0"]
@@ -149,4 +149,4 @@ def test_killed_worker_restarts_and_training_resumes(smoke_overrides, tmp_path):
     assert "resuming training at epoch" in again[0]
     info = check_chief_export(out / "mw")
     assert info["resumed"] is True
-    assert read_history(out / "mw" / "history.csv")["epoch"] == [0, 1, 2, 3, 4, 5]
+    assert read_history(out / "mw" / "history.csv")["epoch"] == [0, 1, 2, 3]

@@ -23,9 +23,9 @@ from conftest import REPO
 
 
 def smoke_command(root: Path, out: Path, *extra: str) -> list[str]:
-    """`rps train` on the smoke config with 6 epochs (about 2 s each), no int8 variant."""
+    """`rps train` on the smoke config with 4 epochs (about 2 s each), no int8 variant."""
     return [sys.executable, "-m", "rps", "train", "--config", "configs/smoke.yaml",
-            f"data.root={root}", f"output_dir={out}", "train.epochs=6", "export.quantize=none",
+            f"data.root={root}", f"output_dir={out}", "train.epochs=4", "export.quantize=none",
             *extra]
 
 
@@ -59,7 +59,7 @@ def backup_epoch(run_dir: Path) -> int:
         return 0
 
 
-def assert_complete_and_valid(run_dir: Path, epochs: int = 6) -> None:
+def assert_complete_and_valid(run_dir: Path, epochs: int = 4) -> None:
     """COMPLETE, `latest` -> it, every epoch logged once, no training state or temporary files
     left, the exports load and predict."""
     from rps.predict import load_predictor
@@ -87,7 +87,7 @@ def test_kill_during_training_resumes(real_root, tmp_path):
     killed_at = backup_epoch(run_dir)
     text = run_to_end(command, tmp_path / "second.log")
     assert f"resuming training at epoch {killed_at + 1}" in text
-    assert f"Epoch {killed_at + 1}/6" in text and "Epoch 1/6" not in text  # no epoch trained twice
+    assert f"Epoch {killed_at + 1}/4" in text and "Epoch 1/4" not in text  # no epoch trained twice
     assert json.loads((run_dir / "run_info.json").read_text())["resumed"] is True
     assert sorted(p.name for p in out.iterdir()) == ["latest", "smoke"]  # the same folder
     assert_complete_and_valid(run_dir)
@@ -99,32 +99,17 @@ def test_kill_after_training_skips_to_export(real_root, tmp_path):
     command = smoke_command(real_root, out)
     kill_when(command, tmp_path / "first.log", lambda: (run_dir / "checkpoints/trained.json").exists())
     text = run_to_end(command, tmp_path / "second.log")
-    assert "had finished; reusing its weights" in text and "Epoch 1/6" not in text
+    assert "had finished; reusing its weights" in text and "Epoch 1/4" not in text
     assert_complete_and_valid(run_dir)
-
-
-@pytest.mark.slow
-def test_deterministic_runs_are_bit_identical(real_root, tmp_path):
-    import keras
-
-    weights = []
-    for name in ("a", "b"):
-        run_to_end(smoke_command(real_root, tmp_path / "runs", f"run_name={name}",
-                                 "train.deterministic=true", "export.tflite=false", "train.epochs=2"),
-                   tmp_path / f"{name}.log")
-        model = keras.saving.load_model(tmp_path / "runs" / name / "model.keras", safe_mode=True,
-                                        compile=False)
-        weights.append(model.get_weights())
-    assert len(weights[0]) == len(weights[1]) > 0
-    for first, second in zip(*weights):
-        assert first.dtype == second.dtype and first.tobytes() == second.tobytes()
 
 
 @pytest.mark.slow
 def test_deterministic_resumed_run_is_bit_identical_to_an_uninterrupted_one(real_root, tmp_path):
     """Killed inside epoch 3 and resumed, a ``train.deterministic`` run ends with the weights of
     the same run left alone: the resumed epochs read the same shuffled, augmented batches
-    (``make_fit_datasets(start_epoch=...)``), and BackupAndRestore restores the rest."""
+    (``make_fit_datasets(start_epoch=...)``), and BackupAndRestore restores the rest. This also
+    covers two uninterrupted runs of one config (both runs here train epochs 1-2 from the same
+    start): any difference between same-seed runs fails it too."""
     import keras
 
     extra = ("train.deterministic=true", "export.tflite=false", "train.epochs=4")
