@@ -1,8 +1,9 @@
 """Compare a candidate config with a baseline by their cross-validation files (``cv.json``).
 
 Both files come from ``scripts/cross_validation.py`` (``make cv``) with the same ``--folds`` and
-split seed (``data.split_seed``, else ``seed``), so they hold out the same hands fold by fold. The decision rule of docs/experiments.md,
-written down before the runs: the candidate replaces the baseline only if all three hold:
+split seed (``data.split_seed``, else ``seed``), so they hold out the same hands fold by fold.
+The decision rule of docs/experiments.md, written down before the runs: the candidate replaces
+the baseline only if all three hold:
 
 1. its mean negative log-likelihood (NLL, nats) per hand is lower, in a one-sided Wilcoxon
    signed-rank test over the paired hands (``scipy.stats.wilcoxon``,
