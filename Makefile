@@ -97,9 +97,9 @@ bench-backends: install install-backends data
 	$(BIN)/rps bench --config $(CONFIG) --backends tensorflow,jax,torch --docs docs/benchmarks.md
 
 # Decide config changes without test/: 7-fold cross-validation over the 21 hands of train/
-# (docs/experiments.md), one full training per fold (7-10 minutes a fold for the default on
-# 2 cores, as this machine's speed varies by the hour: 50-70 minutes in all); config overrides in
-# OVERRIDES; results in saved_models/cv-<name>/:
+# (docs/experiments.md), one full training per fold (7-10 minutes a fold for the default on a
+# 2-core Intel Xeon, as its speed varies by the hour: 50-70 minutes in all; about 20 minutes a
+# fold on a 2-core AMD EPYC); config overrides in OVERRIDES; results in saved_models/cv-<name>/:
 # cv.json (decide on this), images.json (every held-out image's probabilities), test.json.
 CV_NAME ?= default
 cv: install data
